@@ -1,0 +1,169 @@
+//! Header names (CloudEvents Kafka binding in binary mode, W3C trace context, Reflex's own) and
+//! a small ordered header list that keeps duplicates and null values as Kafka does.
+
+/// CloudEvents attributes carried as `ce_*` headers (binary content mode).
+pub mod ce {
+    pub const SPECVERSION: &str = "ce_specversion";
+    pub const ID: &str = "ce_id";
+    pub const SOURCE: &str = "ce_source";
+    pub const TYPE: &str = "ce_type";
+    pub const TIME: &str = "ce_time";
+    pub const SUBJECT: &str = "ce_subject";
+    /// Extension: ties every event of one automation chain together.
+    pub const CORRELATION_ID: &str = "ce_correlationid";
+    /// Extension: the `ce_id` of the event that caused this one.
+    pub const CAUSATION_ID: &str = "ce_causationid";
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Attributes without which an event is rejected (dead-lettered as permanent).
+    pub const REQUIRED: [&str; 4] = [SPECVERSION, ID, SOURCE, TYPE];
+    pub const SPEC_VERSION_1_0: &str = "1.0";
+    /// Content type for Avro values in Confluent wire format.
+    pub const AVRO_CONTENT_TYPE: &str = "application/avro";
+}
+
+/// W3C trace context.
+pub mod trace {
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+}
+
+/// Headers Reflex writes.
+pub mod reflex {
+    /// Name of the router rule that sent the event here.
+    pub const RULE: &str = "reflex-rule";
+    /// How many Reflex hops the event has taken (loop prevention).
+    pub const HOPS: &str = "reflex-hops";
+    /// Error class of a dead letter (see [`crate::ErrorClass`]).
+    pub const ERROR_CLASS: &str = "reflex-error-class";
+    pub const ERROR_MESSAGE: &str = "reflex-error-message";
+    pub const ERROR_STAGE: &str = "reflex-error-stage";
+    pub const ERROR_WORKER: &str = "reflex-error-worker";
+    pub const ERROR_ATTEMPTS: &str = "reflex-error-attempts";
+    pub const ERROR_FIRST_FAILURE_MS: &str = "reflex-error-first-failure-ms";
+    pub const ORIGINAL_TOPIC: &str = "reflex-original-topic";
+    pub const ORIGINAL_PARTITION: &str = "reflex-original-partition";
+    pub const ORIGINAL_OFFSET: &str = "reflex-original-offset";
+    pub const ORIGINAL_TIMESTAMP_MS: &str = "reflex-original-timestamp-ms";
+    pub const ORIGINAL_GROUP: &str = "reflex-original-group";
+}
+
+/// One Kafka header; the value may be null.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Ordered Kafka headers. Lookups return the last value for a key, as Kafka clients do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<Header>);
+
+impl Headers {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// The last value for `key`, if present and not null.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .rev()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value.as_deref())
+    }
+
+    /// The last value for `key` as UTF-8, if present, not null and valid UTF-8.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Appends a header, keeping any earlier one.
+    pub fn push(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.0.push(Header {
+            key: key.into(),
+            value: Some(value.into()),
+        });
+    }
+
+    /// Replaces every header named `key` with one value.
+    pub fn set(&mut self, key: &str, value: impl Into<Vec<u8>>) {
+        self.0.retain(|h| h.key != key);
+        self.push(key, value);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Header> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The CloudEvents `ce_*` attributes, as `(name without prefix, value)`.
+    pub fn ce_attributes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().filter_map(|h| {
+            let name = h.key.strip_prefix("ce_")?;
+            let value = std::str::from_utf8(h.value.as_deref()?).ok()?;
+            Some((name, value))
+        })
+    }
+
+    /// Names of required CloudEvents headers that are missing or not UTF-8.
+    pub fn missing_required_ce(&self) -> Vec<&'static str> {
+        ce::REQUIRED
+            .into_iter()
+            .filter(|name| self.get_str(name).is_none_or(str::is_empty))
+            .collect()
+    }
+
+    /// The hop count (0 when absent or unreadable).
+    pub fn hops(&self) -> u32 {
+        self.get_str(reflex::HOPS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_value_wins_and_set_replaces() {
+        let mut h = Headers::new();
+        h.push("a", "1");
+        h.push("a", "2");
+        assert_eq!(h.get_str("a"), Some("2"));
+        h.set("a", "3");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get_str("a"), Some("3"));
+    }
+
+    #[test]
+    fn required_ce_headers_are_reported_by_name() {
+        let mut h = Headers::new();
+        h.push(ce::SPECVERSION, "1.0");
+        h.push(ce::ID, "");
+        assert_eq!(h.missing_required_ce(), vec![ce::ID, ce::SOURCE, ce::TYPE]);
+        h.set(ce::ID, "x");
+        h.push(ce::SOURCE, "s");
+        h.push(ce::TYPE, "t");
+        assert!(h.missing_required_ce().is_empty());
+        let attrs: Vec<_> = h.ce_attributes().collect();
+        assert!(attrs.contains(&("type", "t")));
+    }
+
+    #[test]
+    fn hops_default_to_zero() {
+        let mut h = Headers::new();
+        assert_eq!(h.hops(), 0);
+        h.push(reflex::HOPS, "3");
+        assert_eq!(h.hops(), 3);
+        h.set(reflex::HOPS, "junk");
+        assert_eq!(h.hops(), 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! `reflexctl`, the Reflex operator CLI.
+//!
+//! - `topics apply`: make the broker match the `topics/*.toml` declarations (create, grow
+//!   partitions, alter configs; never shrink), printing a diff.
+//! - `schemas register` / `schemas check`: register the declared Avro schemas with the Schema
+//!   Registry, or check them for compatibility with the subjects' latest versions.
+//! - `publish`: encode JSON with a registered Avro schema, frame it in the Confluent wire format
+//!   and produce it with CloudEvents binary-mode headers.
+//! - `tail`: consume a topic and print each record as one JSON line, value decoded via the
+//!   registry.
+//!
+//! Exit codes: 0 success, 1 a check failed (incompatible schema, refused topic change), 2 an
+//! error (bad input, unreachable broker or registry) or bad usage.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Args, Parser, Subcommand};
+use rdkafka::config::ClientConfig;
+use reflex_core::registry::{RegistryClient, RegistryError};
+
+pub mod publish;
+pub mod schemas;
+pub mod tail;
+pub mod topics;
+
+/// How long to wait for broker metadata before calling the broker unreachable.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "reflexctl",
+    version,
+    about = "Operate a Reflex fleet: topics, schemas, publishing and tailing CloudEvents on Kafka",
+    long_about = "Operate a Reflex fleet: apply topic declarations, register and check Avro \
+schemas, publish test events and tail topics with their values decoded.\n\n\
+Exit codes: 0 success, 1 a check failed (incompatible schema, refused topic change), \
+2 an error or bad usage.\n\n\
+Examples:\n  \
+reflexctl topics apply --dry-run\n  \
+reflexctl schemas register\n  \
+echo '{\"cluster\":\"prod\",\"namespace\":\"shop\",\"pod\":\"api-7\",\"reason\":\"CrashLoopBackOff\",\"restart_count\":5}' \\\n    \
+| reflexctl publish --topic reflex.events.k8s --type io.k8s.pod.crashloop --key-field pod\n  \
+reflexctl tail --topic reflex.events.k8s --from-beginning --max 10 --timeout-ms 5000"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command understands.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Kafka bootstrap servers (host:port[,host:port...]).
+    #[arg(
+        long,
+        global = true,
+        env = "REFLEX_KAFKA__BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
+    pub bootstrap: String,
+    /// Schema Registry base URL (Confluent REST API).
+    #[arg(
+        long,
+        global = true,
+        env = "REFLEX_REGISTRY__URL",
+        default_value = "http://127.0.0.1:8081",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
+    pub registry: String,
+}
+
+impl Global {
+    /// Base librdkafka config: the bootstrap servers and quiet client logs.
+    pub fn kafka_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", "reflexctl")
+            .set("log_level", "3");
+        config
+    }
+
+    /// A registry client with a CLI-friendly timeout and no negative caching.
+    pub fn registry(&self) -> RegistryClient {
+        RegistryClient::new(&self.registry, Duration::from_secs(15), Duration::ZERO)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and update topics from the `topics/*.toml` declarations.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Register Avro schemas, or check them for compatibility.
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCommand),
+    /// Produce JSON documents as Avro CloudEvents.
+    #[command(long_about = publish::LONG_ABOUT)]
+    Publish(publish::PublishArgs),
+    /// Print a topic's records as JSON lines, values decoded via the registry.
+    #[command(long_about = tail::LONG_ABOUT)]
+    Tail(tail::TailArgs),
+}
+
+/// Runs one command; `Ok` carries the exit code (1 when a check failed).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = cli.global;
+    let result = match cli.command {
+        Command::Topics(cmd) => topics::run(&global, cmd).await,
+        Command::Schemas(cmd) => schemas::run(&global, cmd).await,
+        Command::Publish(args) => publish::run(&global, args).await,
+        Command::Tail(args) => tail::run(&global, args).await,
+    };
+    result.map_err(|e| {
+        let unreachable = e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<RegistryError>(),
+                Some(RegistryError::Unavailable { .. })
+            )
+        });
+        if unreachable {
+            e.context(format!(
+                "the schema registry at {} does not answer (pass --registry or set \
+                 REFLEX_REGISTRY__URL)",
+                global.registry
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+/// Exit code 1: the command ran, but a check failed.
+pub fn check_failed() -> ExitCode {
+    ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,422 @@
+//! The router: rules from a file pick where each event goes.
+//!
+//! For every event it checks the CloudEvents envelope (`ce_specversion`, `ce_id`, `ce_source`,
+//! `ce_type`), the Confluent framing and that the schema id is registered, decodes the Avro datum
+//! (into CEL values when rules read `payload`, otherwise only validated), evaluates the
+//! [`rules`] in order and forwards the **unchanged payload bytes** to each destination with two
+//! added headers: `reflex-rule` (the matching rule) and `reflex-hops` (incremented). Anything it
+//! cannot handle goes to the dead-letter topic with a reason: nothing is lost silently.
+//!
+//! Start-up fails, naming file, line and rule, when the rule file is broken or a rule reads a
+//! payload field that the registered schema of an input topic (`<topic>-value`) lacks.
+
+pub mod decode;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use cel::Context;
+use reflex_core::headers::{ce, reflex as rh};
+use reflex_core::registry::{RegistryClient, RegistryError};
+use reflex_core::wire::decode_frame;
+use reflex_core::{metrics as m, ErrorClass};
+use reflex_runtime::{
+    Event, KafkaSettings, Output, RegistrySettings, RuntimeSettings, Stage, StageError,
+    TelemetrySettings,
+};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::rules::{RuleAction, RuleError, RuleSet, Unmatched};
+
+/// Embedded router defaults, layered over the runtime's.
+pub const ROUTER_DEFAULTS: &str = include_str!("defaults.toml");
+
+/// The router's whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Kafka connection, group and input topics.
+    pub kafka: KafkaSettings,
+    /// The shared loop's settings.
+    pub runtime: RuntimeSettings,
+    /// Schema Registry used to decode payloads and validate rules.
+    pub registry: RegistrySettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+    /// Router-specific settings.
+    pub router: RouterSettings,
+}
+
+/// Router-specific settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Path of the rule file (see the `rules` module docs for its format).
+    pub rules_file: PathBuf,
+    /// Events that already took this many Reflex hops are dead-lettered (loop guard).
+    pub max_hops: u32,
+    /// Validate rule payload fields against each input topic's registered `<topic>-value`
+    /// schema at start-up. A topic with no registered subject is skipped with a warning.
+    pub validate_rules_against_registry: bool,
+}
+
+/// Why the router cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Rules(#[from] RuleError),
+    #[error("cannot validate rules against the registry: {0}")]
+    Registry(RegistryError),
+}
+
+/// The router stage.
+pub struct Router {
+    rules: RuleSet,
+    registry: RegistryClient,
+    max_hops: u32,
+    needs_payload: bool,
+    /// Which of `ce`, `headers`, `key`, `topic` any rule reads: the others are not built.
+    uses: [bool; 4],
+    /// Kept across events: building a CEL root context (stdlib) per event would dominate.
+    root: Context<'static, 'static>,
+}
+
+impl Router {
+    /// Builds a router from compiled rules (no registry checks; see [`Router::start`]).
+    pub fn new(rules: RuleSet, registry: RegistryClient, max_hops: u32) -> Self {
+        let uses = ["ce", "headers", "key", "topic"].map(|v| {
+            rules
+                .rules
+                .iter()
+                .any(|r| r.program.references().has_variable(v))
+        });
+        Self {
+            uses,
+            needs_payload: rules.needs_payload(),
+            rules,
+            registry,
+            max_hops,
+            root: Context::default(),
+        }
+    }
+
+    /// Loads the rule file and validates it against the registered schemas of `input_topics`.
+    pub async fn start(
+        settings: &RouterSettings,
+        registry: RegistryClient,
+        input_topics: &[String],
+    ) -> Result<Self, StartError> {
+        let rules = RuleSet::load(&settings.rules_file)?;
+        if settings.validate_rules_against_registry {
+            for topic in input_topics {
+                let subject = format!("{topic}-value");
+                match registry.latest(&subject).await {
+                    Ok(latest) => rules.check_schema(topic, &subject, &latest.schema)?,
+                    Err(RegistryError::UnknownSubject { .. }) => warn!(
+                        topic = %topic, subject = %subject,
+                        "no schema registered for the input topic: rule payload fields are not validated for it"
+                    ),
+                    Err(e) => return Err(StartError::Registry(e)),
+                }
+            }
+        }
+        info!(file = %settings.rules_file.display(), rules = rules.rules.len(), "rules loaded");
+        Ok(Self::new(rules, registry, settings.max_hops))
+    }
+
+    fn route(&self, event: &Event, payload: Option<cel::Value>) -> Result<Vec<Output>, StageError> {
+        let mut ctx = self.root.new_inner_scope();
+        let [uses_ce, uses_headers, uses_key, uses_topic] = self.uses;
+        if uses_ce {
+            let ce_map: HashMap<String, String> = event
+                .headers
+                .ce_attributes()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ctx.add_variable_from_value("ce", ce_map);
+        }
+        if uses_headers {
+            let headers: HashMap<String, String> = event
+                .headers
+                .iter()
+                .filter_map(|h| Some((h.key.clone(), String::from_utf8(h.value.clone()?).ok()?)))
+                .collect();
+            ctx.add_variable_from_value("headers", headers);
+        }
+        if uses_topic {
+            ctx.add_variable_from_value("topic", event.topic.clone());
+        }
+        if uses_key {
+            let key = event
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned());
+            ctx.add_variable_from_value(
+                "key",
+                key.map(cel::Value::from).unwrap_or(cel::Value::Null),
+            );
+        }
+        if let Some(payload) = payload {
+            ctx.add_variable_from_value("payload", payload);
+        }
+
+        let mut destinations: Vec<(&str, &str)> = Vec::new();
+        for rule in self
+            .rules
+            .rules
+            .iter()
+            .filter(|r| r.applies_to(&event.topic))
+        {
+            let matched = match rule.program.execute(&ctx) {
+                Ok(cel::Value::Bool(b)) => b,
+                Ok(other) => {
+                    return Err(StageError::permanent(format!(
+                        "rule `{}` ({}:{}) returned {other:?}, not a bool",
+                        rule.name,
+                        self.rules.file.display(),
+                        rule.line
+                    )))
+                }
+                Err(e) => {
+                    return Err(StageError::permanent(format!(
+                        "rule `{}` ({}:{}) failed on this event: {e}",
+                        rule.name,
+                        self.rules.file.display(),
+                        rule.line
+                    )))
+                }
+            };
+            if !matched {
+                continue;
+            }
+            metrics::counter!(m::RULE_MATCHES, "rule" => rule.name.clone()).increment(1);
+            match &rule.action {
+                RuleAction::Route(topics) => {
+                    destinations.extend(topics.iter().map(|t| (t.as_str(), rule.name.as_str())))
+                }
+                RuleAction::Drop => return Ok(Vec::new()),
+                RuleAction::DeadLetter => {
+                    return Err(StageError::permanent(format!(
+                        "rule `{}` dead-letters this event",
+                        rule.name
+                    )))
+                }
+            }
+            if !rule.keep_going {
+                break;
+            }
+        }
+        if destinations.is_empty() {
+            return match self.rules.unmatched {
+                Unmatched::Drop => Ok(Vec::new()),
+                Unmatched::DeadLetter => Err(StageError::permanent(
+                    "no rule matched and unmatched = \"dead-letter\"",
+                )),
+            };
+        }
+        // The same topic named by two matching rules gets the event once.
+        let mut seen = std::collections::HashSet::new();
+        destinations.retain(|(topic, _)| seen.insert(*topic));
+        let hops = event.headers.hops() + 1;
+        Ok(destinations
+            .into_iter()
+            .map(|(topic, rule)| {
+                let mut headers = event.headers.clone();
+                headers.set(rh::RULE, rule);
+                headers.set(rh::HOPS, hops.to_string());
+                Output {
+                    topic: topic.to_string(),
+                    key: event.key.clone(),
+                    payload: event.payload.clone(),
+                    headers,
+                }
+            })
+            .collect())
+    }
+}
+
+impl Stage for Router {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
+        let missing = event.headers.missing_required_ce();
+        if !missing.is_empty() {
+            return Err(StageError::permanent(format!(
+                "missing CloudEvents header(s) {}: producers must send {} (CloudEvents Kafka binding, binary mode; `reflexctl publish` does)",
+                missing.join(", "),
+                ce::REQUIRED.join(", ")
+            )));
+        }
+        let hops = event.headers.hops();
+        if hops >= self.max_hops {
+            return Err(StageError::permanent(format!(
+                "event took {hops} Reflex hops (limit router.max_hops = {}): probably an automation loop",
+                self.max_hops
+            )));
+        }
+        let value = event.payload.as_deref().ok_or_else(|| {
+            StageError::poison(
+                "record has no value (tombstone): expected an Avro event in Confluent wire format",
+            )
+        })?;
+        let framed = decode_frame(value).map_err(|e| StageError::poison(e.to_string()))?;
+        let schema = self
+            .registry
+            .schema_by_id(framed.schema_id)
+            .await
+            .map_err(|e| StageError::new(e.class(), e.to_string()))?;
+        let payload = if self.needs_payload {
+            Some(
+                decode::to_cel(framed.datum, &schema.fast)
+                    .map_err(|e| undecodable(framed.schema_id, &e))?,
+            )
+        } else {
+            decode::validate(framed.datum, &schema.fast)
+                .map_err(|e| undecodable(framed.schema_id, &e))?;
+            None
+        };
+        self.route(event, payload)
+    }
+}
+
+fn undecodable(schema_id: u32, error: &str) -> StageError {
+    StageError::new(
+        ErrorClass::Poison,
+        format!("value does not decode with its schema id {schema_id}: {error} (corrupt bytes, or written with another schema)"),
+    )
+}
+
+/// Shared pieces for a `main`: the router's config, started and run until `shutdown`.
+pub async fn run(
+    config: RouterConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let registry = config.registry.client();
+    let router = Router::start(&config.router, registry, &config.kafka.input_topics).await?;
+    reflex_runtime::run(router, &config.kafka, &config.runtime, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use reflex_core::Headers;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const SCHEMA: &str = include_str!("../../../avro/k8s_pod_event.avsc");
+
+    fn router(rules: &str) -> Router {
+        // Nothing listens on port 9: any registry call would fail, so the cache must serve.
+        let registry = RegistryClient::new(
+            "http://127.0.0.1:9",
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+        );
+        registry.preload(7, SCHEMA).unwrap();
+        Router::new(
+            RuleSet::parse(Path::new("r.toml"), rules).unwrap(),
+            registry,
+            3,
+        )
+    }
+
+    fn event(restart_count: i32, with_ce: bool) -> Event {
+        let schema = reflex_core::avro::parse_schema(SCHEMA).unwrap();
+        let json = serde_json::json!({"cluster": "c", "namespace": "n", "pod": "p", "reason": "CrashLoopBackOff",
+            "restart_count": restart_count, "seq": 1, "rollout_in_progress": false, "labels": {}});
+        let value = reflex_core::wire::encode_frame(
+            7,
+            &reflex_core::avro::json_to_datum(&schema, &json).unwrap(),
+        );
+        let mut headers = Headers::new();
+        if with_ce {
+            for (k, v) in [
+                ("ce_specversion", "1.0"),
+                ("ce_id", "e1"),
+                ("ce_source", "s"),
+                ("ce_type", "crash"),
+            ] {
+                headers.push(k, v);
+            }
+        }
+        Event {
+            topic: "in".into(),
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+            key: Some(Bytes::from_static(b"p")),
+            payload: Some(Bytes::from(value)),
+            headers,
+        }
+    }
+
+    const RULES: &str = "[[rule]]\nname = \"crash\"\nwhen = 'ce.type == \"crash\" && payload.restart_count >= 3'\nto = [\"a\", \"b\"]\n";
+
+    #[tokio::test]
+    async fn matching_event_fans_out_unchanged_with_rule_and_hop_headers() {
+        let r = router(RULES);
+        let e = event(5, true);
+        let outputs = r.process(&e).await.unwrap();
+        assert_eq!(
+            outputs.iter().map(|o| o.topic.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        for o in &outputs {
+            assert_eq!(o.payload, e.payload);
+            assert_eq!(o.key, e.key);
+            assert_eq!(o.headers.get_str(rh::RULE), Some("crash"));
+            assert_eq!(o.headers.get_str(rh::HOPS), Some("1"));
+            assert_eq!(o.headers.get_str("ce_id"), Some("e1"));
+        }
+        assert!(
+            r.process(&event(1, true)).await.unwrap().is_empty(),
+            "unmatched is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn envelope_framing_and_loops_fail_with_their_class() {
+        let r = router(RULES);
+        let err = r.process(&event(5, false)).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(err.message.contains("ce_specversion"), "{}", err.message);
+
+        let mut e = event(5, true);
+        e.payload = Some(Bytes::from_static(b"{\"json\": true}"));
+        assert_eq!(r.process(&e).await.unwrap_err().class, ErrorClass::Poison);
+
+        let mut e = event(5, true);
+        let mut bytes = e.payload.as_ref().unwrap().to_vec();
+        bytes.truncate(7);
+        e.payload = Some(Bytes::from(bytes));
+        assert_eq!(r.process(&e).await.unwrap_err().class, ErrorClass::Poison);
+
+        let mut e = event(5, true);
+        e.headers.set(rh::HOPS, "3");
+        let err = r.process(&e).await.unwrap_err();
+        assert!(err.message.contains("max_hops"), "{}", err.message);
+
+        // An id the (unreachable) registry must be asked for is a transient failure, retried.
+        let mut e = event(5, true);
+        let mut bytes = e.payload.as_ref().unwrap().to_vec();
+        bytes[4] = 8;
+        e.payload = Some(Bytes::from(bytes));
+        assert_eq!(
+            r.process(&e).await.unwrap_err().class,
+            ErrorClass::Transient
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letter_rules_and_unmatched_dead_letter() {
+        let r = router("unmatched = \"dead-letter\"\n[[rule]]\nname = \"oom\"\nwhen = 'payload.reason == \"OOMKilled\"'\naction = \"dead-letter\"\n");
+        let err = r.process(&event(5, true)).await.unwrap_err();
+        assert!(err.message.contains("no rule matched"), "{}", err.message);
+    }
+}

@@ -1,0 +1,494 @@
+//! The rule file: which events go where.
+//!
+//! ```toml
+//! # What happens to an event no rule matched: "drop" (default) or "dead-letter".
+//! unmatched = "drop"
+//!
+//! [[rule]]
+//! name = "crashloop-remediation"
+//! when = 'ce.type == "io.k8s.pod.crashloop" && payload.restart_count >= 3'
+//! to = ["reflex.routed.remediation", "reflex.audit"]   # fan-out
+//! # action = "route" (default), "drop" or "dead-letter"
+//! # topics = ["reflex.events.k8s"]   only events from these input topics
+//! # continue = true                  keep evaluating later rules after a match
+//! ```
+//!
+//! Rules are evaluated in file order and the first match wins, unless it says `continue = true`
+//! (then its destinations are added and evaluation goes on), like Kafka Streams' `split()`.
+//! Conditions are CEL over `ce` (CloudEvents attributes without the `ce_` prefix), `payload` (the
+//! decoded Avro record), `key`, `topic` and `headers` (UTF-8 headers by name).
+//! A file that does not parse, a condition that does not compile, an unknown variable, or a
+//! payload field the topic's registered schema does not have is rejected at start-up with the
+//! file, line and rule named.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use cel::common::ast::{EntryExpr, Expr};
+use cel::{IdedExpr, Program};
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+/// Variables a condition may use.
+pub const VARIABLES: [&str; 5] = ["ce", "payload", "key", "topic", "headers"];
+/// CEL type identifiers (`type(x) == int`), also valid bare identifiers.
+const TYPE_IDENTS: [&str; 10] = [
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
+/// A rule-file problem, naming the file, the line and the rule.
+#[derive(Debug, Error)]
+#[error("{}:{line}: {}{message}", file.display(), rule.as_ref().map(|r| format!("rule `{r}`: ")).unwrap_or_default())]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Forward the event unchanged to these topics.
+    Route(Vec<String>),
+    /// Stop here; the event goes nowhere (counted).
+    Drop,
+    /// Send the event to the dead-letter topic with the rule named as the reason.
+    DeadLetter,
+}
+
+/// One compiled rule.
+pub struct Rule {
+    pub name: String,
+    pub line: usize,
+    pub program: Program,
+    pub action: RuleAction,
+    /// Only events from these input topics; `None` means all.
+    pub topics: Option<Vec<String>>,
+    /// Keep evaluating after a match.
+    pub keep_going: bool,
+    /// Payload field paths the condition reads, checked against schemas at start-up.
+    pub payload_paths: Vec<Vec<String>>,
+}
+
+impl Rule {
+    pub fn applies_to(&self, topic: &str) -> bool {
+        self.topics
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|x| x == topic))
+    }
+}
+
+/// What to do with events no rule matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    Drop,
+    DeadLetter,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("name", &self.name)
+            .field("line", &self.line)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A whole rule file, compiled.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub file: PathBuf,
+    pub rules: Vec<Rule>,
+    pub unmatched: Unmatched,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    unmatched: Option<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: String,
+    when: Spanned<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    action: Option<Spanned<String>>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default, rename = "continue")]
+    keep_going: bool,
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
+
+impl RuleSet {
+    /// Reads and compiles a rule file.
+    pub fn load(path: &Path) -> Result<RuleSet, RuleError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RuleError {
+            file: path.to_path_buf(),
+            line: 0,
+            rule: None,
+            message: format!("cannot read the rule file: {e} (set router.rules_file)"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Compiles rule-file text; `file` is used in messages.
+    pub fn parse(file: &Path, text: &str) -> Result<RuleSet, RuleError> {
+        let err = |line: usize, rule: Option<&str>, message: String| RuleError {
+            file: file.to_path_buf(),
+            line,
+            rule: rule.map(str::to_string),
+            message,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            err(line, None, e.message().to_string())
+        })?;
+        let unmatched = match &raw.unmatched {
+            None => Unmatched::Drop,
+            Some(u) => match u.get_ref().as_str() {
+                "drop" => Unmatched::Drop,
+                "dead-letter" => Unmatched::DeadLetter,
+                other => {
+                    return Err(err(
+                        line_of(text, u.span().start),
+                        None,
+                        format!("unmatched = `{other}`: use \"drop\" or \"dead-letter\""),
+                    ))
+                }
+            },
+        };
+        let mut rules: Vec<Rule> = Vec::new();
+        for spanned in raw.rule {
+            let rule_line = line_of(text, spanned.span().start);
+            let raw = spanned.into_inner();
+            let name = raw.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return Err(err(rule_line, None, "a rule needs a non-empty name".into()));
+            }
+            if rules.iter().any(|r| r.name == name) {
+                return Err(err(rule_line, Some(&name), "duplicate rule name".into()));
+            }
+            let when_line = line_of(text, raw.when.span().start);
+            let program = Program::compile(raw.when.get_ref()).map_err(|e| {
+                err(
+                    when_line,
+                    Some(&name),
+                    format!("condition does not compile:\n{e}"),
+                )
+            })?;
+            let mut analysis = Analysis::default();
+            analysis.walk(program.expression(), &mut Vec::new());
+            if let Some(unknown) = analysis
+                .variables
+                .iter()
+                .find(|v| !VARIABLES.contains(&v.as_str()) && !TYPE_IDENTS.contains(&v.as_str()))
+            {
+                return Err(err(
+                    when_line,
+                    Some(&name),
+                    format!(
+                        "unknown variable `{unknown}` in the condition (available: {})",
+                        VARIABLES.join(", ")
+                    ),
+                ));
+            }
+            let action = match raw.action.as_ref().map(|a| a.get_ref().as_str()) {
+                None | Some("route") => {
+                    if raw.to.is_empty() {
+                        return Err(err(
+                            rule_line,
+                            Some(&name),
+                            "a routing rule needs `to = [\"topic\", ...]` (or action = \"drop\" / \"dead-letter\")".into(),
+                        ));
+                    }
+                    RuleAction::Route(raw.to.clone())
+                }
+                Some("drop") => RuleAction::Drop,
+                Some("dead-letter") => RuleAction::DeadLetter,
+                Some(other) => {
+                    let line = raw
+                        .action
+                        .as_ref()
+                        .map(|a| line_of(text, a.span().start))
+                        .unwrap_or(rule_line);
+                    return Err(err(
+                        line,
+                        Some(&name),
+                        format!("action = `{other}`: use \"route\", \"drop\" or \"dead-letter\""),
+                    ));
+                }
+            };
+            if action != RuleAction::Route(raw.to.clone()) && !raw.to.is_empty() {
+                return Err(err(
+                    rule_line,
+                    Some(&name),
+                    "`to` only goes with action = \"route\"".into(),
+                ));
+            }
+            rules.push(Rule {
+                name,
+                line: when_line,
+                program,
+                action,
+                topics: raw.topics,
+                keep_going: raw.keep_going,
+                payload_paths: analysis.payload_paths.into_iter().collect(),
+            });
+        }
+        Ok(RuleSet {
+            file: file.to_path_buf(),
+            rules,
+            unmatched,
+        })
+    }
+
+    /// Whether any condition reads the payload (so events must be decoded, not just validated).
+    pub fn needs_payload(&self) -> bool {
+        self.rules.iter().any(|r| !r.payload_paths.is_empty())
+            || self
+                .rules
+                .iter()
+                .any(|r| r.program.references().has_variable("payload"))
+    }
+
+    /// Checks every payload field read by rules that apply to `topic` against the topic's value
+    /// schema (`subject` names where it came from in the message).
+    pub fn check_schema(&self, topic: &str, subject: &str, schema: &str) -> Result<(), RuleError> {
+        for rule in self.rules.iter().filter(|r| r.applies_to(topic)) {
+            for path in &rule.payload_paths {
+                let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+                reflex_core::avro::check_field_path(schema, &segments).map_err(|message| {
+                    RuleError {
+                        file: self.file.clone(),
+                        line: rule.line,
+                        rule: Some(rule.name.clone()),
+                        message: format!(
+                            "payload.{} does not exist in the schema of topic `{topic}` (subject `{subject}`): {message}",
+                            path.join(".")
+                        ),
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Free variables and `payload.<path>` selections of a condition.
+#[derive(Default)]
+struct Analysis {
+    variables: BTreeSet<String>,
+    payload_paths: BTreeSet<Vec<String>>,
+}
+
+impl Analysis {
+    fn walk(&mut self, e: &IdedExpr, bound: &mut Vec<String>) {
+        match &e.expr {
+            Expr::Ident(name) => {
+                if !bound.contains(name) {
+                    self.variables.insert(name.clone());
+                }
+            }
+            Expr::Select(select) => {
+                if let Some(path) =
+                    payload_path(e).filter(|_| !bound.iter().any(|b| b == "payload"))
+                {
+                    self.variables.insert("payload".into());
+                    self.payload_paths.insert(path);
+                } else {
+                    self.walk(&select.operand, bound);
+                }
+            }
+            Expr::Call(call) => {
+                if let Some(target) = &call.target {
+                    self.walk(target, bound);
+                }
+                for arg in &call.args {
+                    self.walk(arg, bound);
+                }
+            }
+            Expr::Comprehension(c) => {
+                self.walk(&c.iter_range, bound);
+                let scope = bound.len();
+                bound.push(c.iter_var.clone());
+                if let Some(v2) = &c.iter_var2 {
+                    bound.push(v2.clone());
+                }
+                bound.push(c.accu_var.clone());
+                for part in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                    self.walk(part, bound);
+                }
+                bound.truncate(scope);
+            }
+            Expr::List(list) => list.elements.iter().for_each(|x| self.walk(x, bound)),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    if let EntryExpr::MapEntry(m) = &entry.expr {
+                        self.walk(&m.key, bound);
+                        self.walk(&m.value, bound);
+                    }
+                }
+            }
+            Expr::Struct(s) => {
+                for entry in &s.entries {
+                    if let EntryExpr::StructField(f) = &entry.expr {
+                        self.walk(&f.value, bound);
+                    }
+                }
+            }
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+}
+
+/// `payload.a.b` (or `has(payload.a.b)`) as `["a", "b"]`.
+fn payload_path(e: &IdedExpr) -> Option<Vec<String>> {
+    let mut segments = Vec::new();
+    let mut current = e;
+    loop {
+        match &current.expr {
+            Expr::Select(select) => {
+                segments.push(select.field.clone());
+                current = &select.operand;
+            }
+            Expr::Ident(name) if name == "payload" => {
+                segments.reverse();
+                return Some(segments);
+            }
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RuleSet, RuleError> {
+        RuleSet::parse(Path::new("rules.toml"), text)
+    }
+
+    const SCHEMA: &str = r#"{"type":"record","name":"E","fields":[
+        {"name":"restart_count","type":"int"},
+        {"name":"owner","type":{"type":"record","name":"O","fields":[{"name":"team","type":"string"}]}}]}"#;
+
+    #[test]
+    fn compiles_rules_and_collects_payload_paths() {
+        let set = parse(
+            r#"
+unmatched = "dead-letter"
+[[rule]]
+name = "a"
+when = 'ce.type == "x" && payload.restart_count > 3 && has(payload.owner.team)'
+to = ["t1", "t2"]
+continue = true
+[[rule]]
+name = "b"
+when = 'payload.labels.exists(k, k == "x")'
+action = "drop"
+"#,
+        )
+        .unwrap();
+        assert_eq!(set.unmatched, Unmatched::DeadLetter);
+        assert_eq!(set.rules.len(), 2);
+        assert_eq!(
+            set.rules[0].action,
+            RuleAction::Route(vec!["t1".into(), "t2".into()])
+        );
+        assert!(set.rules[0].keep_going);
+        assert_eq!(
+            set.rules[0].payload_paths,
+            vec![
+                vec!["owner".to_string(), "team".to_string()],
+                vec!["restart_count".to_string()]
+            ]
+        );
+        assert_eq!(set.rules[0].line, 5);
+        assert!(set.needs_payload());
+    }
+
+    #[test]
+    fn broken_files_name_file_line_and_rule() {
+        let e = parse("[[rule]]\nname = \"a\"\nwhen = 'ce.type == '\nto = [\"t\"]\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("rules.toml:3: rule `a`: condition does not compile"),
+            "{msg}"
+        );
+
+        let e = parse("[[rule]]\nname = \"a\"\nwhen = 'nope.x == 1'\nto = [\"t\"]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown variable `nope`"), "{e}");
+
+        let e = parse("[[rule]]\nname = \"a\"\nwhen = 'true'\n").unwrap_err();
+        assert!(e.to_string().contains("needs `to"), "{e}");
+
+        let e =
+            parse("[[rule]]\nname = \"a\"\nwhen = 'true'\nto = [\"t\"]\ncolour = 1\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("rules.toml:") && e.to_string().contains("colour"),
+            "{e}"
+        );
+
+        let e = parse("[[rule]]\nname = \"a\"\nwhen = 'true'\naction = \"explode\"\n").unwrap_err();
+        assert_eq!(e.line, 4);
+
+        let e = parse("[[rule]]\nname = \"a\"\nwhen = 'true'\nto=['t']\n[[rule]]\nname = \"a\"\nwhen = 'true'\nto=['t']\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn comprehension_variables_are_not_free_variables() {
+        let set = parse("[[rule]]\nname = \"a\"\nwhen = '[1,2].all(x, x > 0) && type(key) == string'\nto = [\"t\"]\n");
+        assert!(set.is_ok(), "{:?}", set.err());
+        assert!(!set.unwrap().needs_payload());
+    }
+
+    #[test]
+    fn schema_check_names_the_missing_field() {
+        let set = parse(
+            "[[rule]]\nname = \"a\"\nwhen = 'payload.restart_count > 1 && payload.owner.team == \"x\"'\nto = [\"t\"]\n\
+             [[rule]]\nname = \"b\"\ntopics = [\"other\"]\nwhen = 'payload.restarts > 1'\nto = [\"t\"]\n",
+        )
+        .unwrap();
+        assert!(
+            set.check_schema("in", "in-value", SCHEMA).is_ok(),
+            "rule b does not apply to `in`"
+        );
+        let e = set
+            .check_schema("other", "other-value", SCHEMA)
+            .unwrap_err();
+        assert_eq!(e.rule.as_deref(), Some("b"));
+        assert_eq!(e.line, 8);
+        assert!(
+            e.to_string().contains("payload.restarts") && e.to_string().contains("restart_count"),
+            "{e}"
+        );
+    }
+}

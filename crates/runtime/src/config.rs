@@ -1,0 +1,190 @@
+//! Layered configuration: embedded defaults, then a TOML file, then `REFLEX_`-prefixed
+//! environment variables (`REFLEX_<SECTION>__<FIELD>`, e.g. `REFLEX_KAFKA__GROUP_ID`; variables
+//! without a `__` section separator, such as `REFLEX_TEST_BOOTSTRAP`, are not configuration).
+//! Unknown fields are errors, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Defaults for the sections every worker shares (`kafka`, `runtime`, `registry`, `telemetry`).
+pub const RUNTIME_DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Loads `T` from the embedded `defaults` (applied in order), the optional `file`, then the
+/// environment. The error names the offending key and where its value came from.
+pub fn load<T: DeserializeOwned>(defaults: &[&str], file: Option<&Path>) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    for text in defaults {
+        figment = figment.merge(Toml::string(text));
+    }
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(
+        Env::prefixed("REFLEX_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    );
+    figment.extract().map_err(|e| {
+        ConfigError(
+            e.into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}
+
+/// Kafka connection and consumer-group settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list of brokers.
+    pub bootstrap_servers: String,
+    /// Consumer group. Replicas with the same group share the input partitions.
+    pub group_id: String,
+    /// Static group membership (KIP-345): a stable id per replica (e.g. the StatefulSet pod name)
+    /// lets a restarted replica take its partitions back at once, without a rebalance. Empty
+    /// means dynamic membership. A static member does not leave the group on shutdown, so its
+    /// partitions wait for `session_timeout_ms` unless it comes back.
+    pub group_instance_id: String,
+    /// Topics this worker consumes.
+    pub input_topics: Vec<String>,
+    /// Where a group without a committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// Group session timeout; a member silent this long is removed and its partitions reassigned.
+    pub session_timeout_ms: u32,
+    /// Longest gap between polls before the member is considered stuck.
+    pub max_poll_interval_ms: u32,
+    /// How often stored (safe) offsets are committed.
+    pub commit_interval_ms: u32,
+    /// Upper bound of librdkafka's prefetch queue (`queued.max.messages.kbytes`): part of the
+    /// memory bound together with `runtime.max_in_flight`.
+    pub fetch_queue_kbytes: u32,
+    /// Extra librdkafka properties for consumer and producer (e.g. `security.protocol`, `sasl.*`).
+    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer only.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer only.
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+/// Settings of the shared loop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Most events in flight before the consumer pauses its partitions (backpressure).
+    pub max_in_flight: usize,
+    /// Concurrent key lanes; events with the same key always share a lane, so stay in order.
+    pub key_lanes: usize,
+    /// On SIGTERM, how long in-flight events may take to finish. Keep below the session timeout.
+    pub drain_grace_ms: u64,
+    /// Attempts for retryable errors before the event is dead-lettered (1 = no retry).
+    pub max_attempts: u32,
+    /// First retry backoff; doubles each attempt, with jitter.
+    pub retry_backoff_ms: u64,
+    /// Longest retry backoff.
+    pub retry_max_backoff_ms: u64,
+    /// Dead-letter topic of an input topic is `<topic><suffix>`.
+    pub dead_letter_suffix: String,
+    /// Name of this replica in dead-letter headers and logs; empty means `<stage>-<pid>`.
+    pub worker_id: String,
+}
+
+/// Schema Registry access.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Base URL of a Confluent-compatible registry.
+    pub url: String,
+    /// Timeout of one registry request.
+    pub timeout_ms: u64,
+    /// How long an unknown schema id is remembered as unknown before asking again.
+    pub negative_cache_ms: u64,
+}
+
+impl RegistrySettings {
+    /// A client with these settings.
+    pub fn client(&self) -> reflex_core::registry::RegistryClient {
+        reflex_core::registry::RegistryClient::new(
+            &self.url,
+            std::time::Duration::from_millis(self.timeout_ms),
+            std::time::Duration::from_millis(self.negative_cache_ms),
+        )
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `json` (one object per line) or `text`.
+    pub log_format: String,
+    /// Default level filter; `RUST_LOG` overrides it.
+    pub log_level: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        kafka: KafkaSettings,
+        runtime: RuntimeSettings,
+        registry: RegistrySettings,
+        telemetry: TelemetrySettings,
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "w.toml",
+                "[kafka]\ngroup_id = \"from-file\"\ninput_topics = [\"a\"]\n",
+            )?;
+            jail.set_env("REFLEX_RUNTIME__MAX_IN_FLIGHT", "7");
+            jail.set_env("REFLEX_TEST_BOOTSTRAP", "ignored: no section separator");
+            let s: Sample = load(&[RUNTIME_DEFAULTS], Some(Path::new("w.toml"))).unwrap();
+            assert_eq!(s.kafka.group_id, "from-file");
+            assert_eq!(s.kafka.input_topics, vec!["a"]);
+            assert_eq!(s.runtime.max_in_flight, 7);
+            assert_eq!(s.registry.url, "http://127.0.0.1:8081");
+            assert_eq!(s.telemetry.log_format, "json");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_files_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("w.toml", "[kafka]\ngroup = \"typo\"\n")?;
+            let err = load::<Sample>(&[RUNTIME_DEFAULTS], Some(Path::new("w.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("group") && err.contains("w.toml"), "{err}");
+            let err = load::<Sample>(&[RUNTIME_DEFAULTS], Some(Path::new("nope.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,95 @@
+//! Dead-letter records: the original key, value and headers, plus headers that say what failed,
+//! where and how often, so `reflexctl` and the reprocessor can inspect and replay it.
+
+use reflex_core::headers::reflex as h;
+
+use crate::stage::{Event, Output, StageError};
+
+/// Where the failure happened.
+pub struct FailureContext<'a> {
+    pub stage: &'a str,
+    pub worker: &'a str,
+    pub group: &'a str,
+    pub attempts: u32,
+    pub first_failure_ms: i64,
+    pub dead_letter_suffix: &'a str,
+}
+
+/// Builds the dead-letter record for `event` on `<topic><suffix>`.
+pub fn dead_letter(event: &Event, error: &StageError, ctx: &FailureContext<'_>) -> Output {
+    let mut headers = event.headers.clone();
+    headers.set(h::ERROR_CLASS, error.class.as_str());
+    headers.set(h::ERROR_MESSAGE, truncate(&error.message, 4096));
+    headers.set(h::ERROR_STAGE, ctx.stage);
+    headers.set(h::ERROR_WORKER, ctx.worker);
+    headers.set(h::ERROR_ATTEMPTS, ctx.attempts.to_string());
+    headers.set(h::ERROR_FIRST_FAILURE_MS, ctx.first_failure_ms.to_string());
+    headers.set(h::ORIGINAL_TOPIC, event.topic.as_str());
+    headers.set(h::ORIGINAL_PARTITION, event.partition.to_string());
+    headers.set(h::ORIGINAL_OFFSET, event.offset.to_string());
+    if let Some(ts) = event.timestamp_ms {
+        headers.set(h::ORIGINAL_TIMESTAMP_MS, ts.to_string());
+    }
+    headers.set(h::ORIGINAL_GROUP, ctx.group);
+    Output {
+        topic: dead_letter_topic(&event.topic, ctx.dead_letter_suffix),
+        key: event.key.clone(),
+        payload: event.payload.clone(),
+        headers,
+    }
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic(topic: &str, suffix: &str) -> String {
+    format!("{topic}{suffix}")
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use reflex_core::Headers;
+
+    #[test]
+    fn keeps_the_record_and_describes_the_failure() {
+        let mut headers = Headers::new();
+        headers.push("ce_id", "e1");
+        let event = Event {
+            topic: "in".into(),
+            partition: 2,
+            offset: 41,
+            timestamp_ms: Some(1000),
+            key: Some(Bytes::from_static(b"k")),
+            payload: Some(Bytes::from_static(b"\x00junk")),
+            headers,
+        };
+        let ctx = FailureContext {
+            stage: "router",
+            worker: "router-1",
+            group: "g",
+            attempts: 1,
+            first_failure_ms: 5,
+            dead_letter_suffix: ".dlq",
+        };
+        let out = dead_letter(&event, &StageError::poison("bad bytes"), &ctx);
+        assert_eq!(out.topic, "in.dlq");
+        assert_eq!(out.payload, event.payload);
+        assert_eq!(out.key, event.key);
+        assert_eq!(out.headers.get_str("ce_id"), Some("e1"));
+        assert_eq!(out.headers.get_str(h::ERROR_CLASS), Some("poison"));
+        assert_eq!(out.headers.get_str(h::ORIGINAL_OFFSET), Some("41"));
+        assert_eq!(out.headers.get_str(h::ORIGINAL_PARTITION), Some("2"));
+        assert_eq!(truncate("héllo", 2), "h");
+    }
+}

@@ -1,0 +1,34 @@
+//! The runtime every Reflex worker shares: one consume → process → produce → commit loop.
+//!
+//! A worker is a [`Stage`] (a small library tested without a broker) plus a thin `main` that
+//! loads [`config`], calls [`telemetry::init`] and then [`run`]. The loop gives every stage the
+//! same guarantees:
+//!
+//! - **At least once, never past an unacknowledged output.** An event's offset is stored only
+//!   after every record it produced (outputs or its dead letter) was acknowledged by the broker,
+//!   and only as part of a contiguous prefix ([`offsets::OffsetTracker`]). librdkafka commits the
+//!   stored offsets periodically, on rebalance and at shutdown.
+//! - **Per-key order with concurrency.** Events are spread over key lanes by a hash of their key
+//!   (or of their partition when they have none); a lane processes and enqueues its events
+//!   strictly in offset order, while different lanes work concurrently.
+//! - **Bounded memory.** At most `runtime.max_in_flight` events are in flight; above it the
+//!   consumer pauses its partitions (it keeps polling, so the group session stays alive) and
+//!   resumes below half of it.
+//! - **Failures by class.** Retryable errors ([`reflex_core::ErrorClass::is_retryable`]) retry
+//!   with exponential backoff and jitter up to `runtime.max_attempts`; the rest, and exhausted
+//!   retries, go to the `<topic>.dlq` dead-letter topic with the original record and headers
+//!   describing the failure. Nothing is dropped silently.
+//! - **Graceful drain.** On SIGTERM the loop stops taking events, finishes what is in flight
+//!   within `runtime.drain_grace_ms` (keep it below the session timeout), commits and leaves.
+
+pub mod config;
+pub mod dead_letter;
+pub mod offsets;
+mod run;
+pub mod shutdown;
+pub mod stage;
+pub mod telemetry;
+
+pub use config::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
+pub use run::{run, RuntimeError};
+pub use stage::{Event, Output, Stage, StageError};

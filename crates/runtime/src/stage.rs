@@ -1,0 +1,70 @@
+//! What a worker implements: a [`Stage`] turns one [`Event`] into zero or more [`Output`]s.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use reflex_core::{ErrorClass, Headers};
+use thiserror::Error;
+
+/// One consumed record, owned so the stage may keep it across awaits.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Record timestamp (ms since the epoch), when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+    pub headers: Headers,
+}
+
+/// One record to produce. Payload bytes are usually forwarded unchanged (cheap `Bytes` clones).
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub topic: String,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+    pub headers: Headers,
+}
+
+/// A failed event; the class decides whether the runtime retries it or dead-letters it.
+#[derive(Debug, Clone, Error)]
+#[error("{class} error: {message}")]
+pub struct StageError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl StageError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Transient, message)
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent, message)
+    }
+    pub fn poison(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Poison, message)
+    }
+    pub fn schema(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Schema, message)
+    }
+}
+
+/// A worker's logic. Implementations are tested without a broker; [`crate::run`] drives them.
+pub trait Stage: Send + Sync + 'static {
+    /// Short name used in logs, metrics labels and dead-letter headers (`router`, `actor`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Processes one event. Returning no outputs means the event is done (e.g. dropped by a rule).
+    fn process(
+        &self,
+        event: &Event,
+    ) -> impl Future<Output = Result<Vec<Output>, StageError>> + Send;
+}
