@@ -1,5 +1,7 @@
 //! Reflex contracts shared by every worker and tool.
 //!
+//! - [`actions`]: the enricher → actor contract (action request/outcome records, idempotency key).
+//!
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, Avro datum).
 //! - [`headers`]: CloudEvents Kafka-binding header names and Reflex's own headers, in one place.
 //! - [`error`]: the error taxonomy every worker uses; the class decides retry vs dead letter.
@@ -8,13 +10,21 @@
 //!   `serde_avro_fast`, see `reflex-router`).
 //! - [`topics`]: the `topics/*.toml` declarations.
 //! - [`metrics`]: every metric name the fleet emits.
+//! - [`template`]: strict Jinja templates for action bindings and calls.
 
+pub mod actions;
 pub mod avro;
 pub mod error;
 pub mod headers;
 pub mod metrics;
 pub mod registry;
+pub mod template;
 pub mod topics;
+
+/// The 1-based line of byte offset `byte` in `text`, for config errors that name a line.
+pub fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
 pub mod wire;
 
 pub use error::ErrorClass;

@@ -19,3 +19,17 @@ pub const IN_FLIGHT: &str = "reflex_in_flight_events";
 pub const BACKPRESSURE_PAUSES: &str = "reflex_backpressure_pauses_total";
 /// Processing time of one event in the stage. Labels: `stage`.
 pub const PROCESSING_SECONDS: &str = "reflex_processing_duration_seconds";
+/// Enrichment lookups. Labels: `lookup` (configured name), `result` (hit, miss, error).
+pub const LOOKUPS: &str = "reflex_lookups_total";
+/// Action attempts by outcome. Labels: `action`, `result` (see `ActionResult::as_str`).
+pub const ACTIONS: &str = "reflex_actions_total";
+/// Duplicate action requests suppressed by the idempotency claim. Labels: `action`.
+pub const DEDUP_HITS: &str = "reflex_dedup_hits_total";
+/// Circuit-breaker state per target: 0 closed, 1 half-open, 2 open. Labels: `target`.
+pub const BREAKER_STATE: &str = "reflex_breaker_state";
+/// Actions delayed by the fleet-wide rate limit. Labels: `action`.
+pub const RATE_LIMITED: &str = "reflex_rate_limited_total";
+/// 1 while the kill switch stops new actions, else 0.
+pub const KILL_SWITCH: &str = "reflex_kill_switch_on";
+/// Actions parked by the blast-radius cap instead of executed. Labels: `action`.
+pub const BLAST_RADIUS_PARKED: &str = "reflex_blast_radius_parked_total";

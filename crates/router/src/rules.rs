@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use cel::common::ast::{EntryExpr, Expr};
 use cel::{IdedExpr, Program};
+use reflex_core::line_of;
 use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
@@ -139,10 +140,6 @@ struct RawRule {
     topics: Option<Vec<String>>,
     #[serde(default, rename = "continue")]
     keep_going: bool,
-}
-
-fn line_of(text: &str, byte: usize) -> usize {
-    text[..byte.min(text.len())].matches('\n').count() + 1
 }
 
 impl RuleSet {

@@ -1,0 +1,222 @@
+//! The action contract between the enricher and the actor: Rust mirrors of
+//! `avro/action_request.avsc` and `avro/action_outcome.avsc`, the Confluent-framed Avro codec
+//! for them (`serde_avro_fast`), and the deterministic idempotency key.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::wire::{decode_frame, encode_frame};
+
+pub const ACTION_REQUEST_SCHEMA: &str = include_str!("../../../avro/action_request.avsc");
+pub const ACTION_OUTCOME_SCHEMA: &str = include_str!("../../../avro/action_outcome.avsc");
+
+/// What kind of effect an action has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ActionKind {
+    Http,
+    Emit,
+    Log,
+}
+
+/// An action the enricher bound to an event (see the Avro schema's docs for each field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRequest {
+    pub idempotency_key: String,
+    pub action: String,
+    pub kind: ActionKind,
+    pub target: String,
+    pub params: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub event_id: String,
+    pub event_type: String,
+    pub rule: Option<String>,
+    pub correlation_id: String,
+    pub context: BTreeMap<String, String>,
+    pub dry_run: bool,
+    pub requested_at: i64,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActionResult {
+    Succeeded,
+    Failed,
+    DuplicateSuppressed,
+    DryRun,
+    Parked,
+    Rejected,
+}
+
+impl ActionResult {
+    /// Stable lower-case name for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionResult::Succeeded => "succeeded",
+            ActionResult::Failed => "failed",
+            ActionResult::DuplicateSuppressed => "duplicate_suppressed",
+            ActionResult::DryRun => "dry_run",
+            ActionResult::Parked => "parked",
+            ActionResult::Rejected => "rejected",
+        }
+    }
+}
+
+/// One attempt at an action: the audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionOutcome {
+    pub idempotency_key: String,
+    pub action: String,
+    pub target: String,
+    pub event_id: String,
+    pub correlation_id: String,
+    pub rule: Option<String>,
+    pub result: ActionResult,
+    pub attempt: i32,
+    pub dry_run: bool,
+    pub status_code: Option<i32>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub worker: String,
+    pub started_at: i64,
+    pub duration_ms: i64,
+}
+
+/// The idempotency key of `action` caused by event `event_id`: the same for every retry, dead
+/// letter and replay of that event, different for each action it triggers.
+pub fn idempotency_key(event_id: &str, action: &str) -> String {
+    format!("{action}:{event_id}")
+}
+
+#[derive(Debug, Error)]
+pub enum CodecError {
+    #[error("invalid schema: {0}")]
+    Schema(String),
+    #[error("cannot encode: {0}")]
+    Encode(String),
+    #[error("cannot decode: {0}")]
+    Decode(String),
+}
+
+/// Encodes `T` with a registered schema (its id goes into the Confluent frame) and decodes it
+/// with the writer's schema.
+pub struct AvroCodec<T> {
+    schema_id: u32,
+    schema: serde_avro_fast::Schema,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> AvroCodec<T> {
+    pub fn new(schema_id: u32, schema_text: &str) -> Result<Self, CodecError> {
+        Ok(Self {
+            schema_id,
+            schema: schema_text
+                .parse()
+                .map_err(|e: serde_avro_fast::schema::SchemaError| {
+                    CodecError::Schema(e.to_string())
+                })?,
+            _type: PhantomData,
+        })
+    }
+
+    pub fn schema_id(&self) -> u32 {
+        self.schema_id
+    }
+
+    /// `value` as a Confluent-framed Avro datum.
+    pub fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.schema);
+        let datum = serde_avro_fast::to_datum_vec(value, &mut config)
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+        Ok(encode_frame(self.schema_id, &datum))
+    }
+
+    /// Decodes a framed value whose datum was written with `writer` (from the registry by id).
+    pub fn decode_with(writer: &serde_avro_fast::Schema, value: &[u8]) -> Result<T, CodecError> {
+        let framed = decode_frame(value).map_err(|e| CodecError::Decode(e.to_string()))?;
+        serde_avro_fast::from_datum_slice(framed.datum, writer)
+            .map_err(|e| CodecError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> ActionRequest {
+        ActionRequest {
+            idempotency_key: idempotency_key("evt-1", "restart-pod"),
+            action: "restart-pod".into(),
+            kind: ActionKind::Http,
+            target: "k8s-api".into(),
+            params: BTreeMap::from([("pod".into(), "api-1".into())]),
+            body: Some("{}".into()),
+            event_id: "evt-1".into(),
+            event_type: "io.k8s.pod.crashloop".into(),
+            rule: None,
+            correlation_id: "c-1".into(),
+            context: BTreeMap::from([("owner".into(), "team-a".into())]),
+            dry_run: false,
+            requested_at: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn action_request_round_trips_and_matches_the_avro_file() {
+        let codec = AvroCodec::<ActionRequest>::new(11, ACTION_REQUEST_SCHEMA).unwrap();
+        let bytes = codec.encode(&request()).unwrap();
+        assert_eq!(&bytes[..5], &[0, 0, 0, 0, 11]);
+        let schema: serde_avro_fast::Schema = ACTION_REQUEST_SCHEMA.parse().unwrap();
+        assert_eq!(
+            AvroCodec::<ActionRequest>::decode_with(&schema, &bytes).unwrap(),
+            request()
+        );
+        // apache-avro (what other clients use) reads the same bytes.
+        let json = crate::avro::datum_to_json(
+            &crate::avro::parse_schema(ACTION_REQUEST_SCHEMA).unwrap(),
+            &bytes[5..],
+        )
+        .unwrap();
+        assert_eq!(json["kind"], "HTTP");
+        assert_eq!(json["params"]["pod"], "api-1");
+    }
+
+    #[test]
+    fn action_outcome_round_trips() {
+        let outcome = ActionOutcome {
+            idempotency_key: "k".into(),
+            action: "a".into(),
+            target: "t".into(),
+            event_id: "e".into(),
+            correlation_id: "c".into(),
+            rule: Some("r".into()),
+            result: ActionResult::DuplicateSuppressed,
+            attempt: 2,
+            dry_run: false,
+            status_code: Some(200),
+            error_class: None,
+            error: None,
+            worker: "actor-1".into(),
+            started_at: 1,
+            duration_ms: 3,
+        };
+        let codec = AvroCodec::<ActionOutcome>::new(12, ACTION_OUTCOME_SCHEMA).unwrap();
+        let schema: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
+        let bytes = codec.encode(&outcome).unwrap();
+        assert_eq!(
+            AvroCodec::<ActionOutcome>::decode_with(&schema, &bytes).unwrap(),
+            outcome
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_stable_and_per_action() {
+        assert_eq!(idempotency_key("e", "a"), idempotency_key("e", "a"));
+        assert_ne!(idempotency_key("e", "a"), idempotency_key("e", "b"));
+    }
+}
