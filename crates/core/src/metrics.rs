@@ -15,6 +15,8 @@ pub const RETRIES: &str = "reflex_retries_total";
 pub const RULE_MATCHES: &str = "reflex_rule_matches_total";
 /// Events in flight (taken, not yet acknowledged). Labels: `stage`.
 pub const IN_FLIGHT: &str = "reflex_in_flight_events";
+/// Partitions currently paused for backpressure. Labels: `stage`.
+pub const PAUSED_PARTITIONS: &str = "reflex_paused_partitions";
 /// Times the runtime paused its partitions for backpressure. Labels: `stage`.
 pub const BACKPRESSURE_PAUSES: &str = "reflex_backpressure_pauses_total";
 /// Processing time of one event in the stage. Labels: `stage`.

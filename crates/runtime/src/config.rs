@@ -104,6 +104,9 @@ pub struct RuntimeSettings {
     pub dead_letter_suffix: String,
     /// Name of this replica in dead-letter headers and logs; empty means `<stage>-<pid>`.
     pub worker_id: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9090` in a pod; port 0
+    /// picks a free port, logged at start). Empty disables the endpoint.
+    pub http_listen: String,
 }
 
 /// Schema Registry access.

@@ -18,11 +18,13 @@
 //!   with exponential backoff and jitter up to `runtime.max_attempts`; the rest, and exhausted
 //!   retries, go to the `<topic>.dlq` dead-letter topic with the original record and headers
 //!   describing the failure. Nothing is dropped silently.
+//! - **Observable.** `/metrics`, `/healthz` and `/readyz` on `runtime.http_listen` ([`http`]).
 //! - **Graceful drain.** On SIGTERM the loop stops taking events, finishes what is in flight
 //!   within `runtime.drain_grace_ms` (keep it below the session timeout), commits and leaves.
 
 pub mod config;
 pub mod dead_letter;
+pub mod http;
 pub mod offsets;
 mod run;
 pub mod shutdown;

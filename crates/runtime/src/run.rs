@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaSettings, RuntimeSettings};
 use crate::dead_letter::{dead_letter, FailureContext};
+use crate::http::{serve as serve_http, Health};
 use crate::offsets::OffsetTracker;
 use crate::stage::{Event, Output, Stage, StageError};
 
@@ -37,6 +38,8 @@ pub enum RuntimeError {
         topics: Vec<String>,
         source: KafkaError,
     },
+    #[error("cannot serve /metrics on {listen}: {message} (set runtime.http_listen)")]
+    Http { listen: String, message: String },
     #[error("no input topics configured: set kafka.input_topics (or REFLEX_KAFKA__INPUT_TOPICS)")]
     NoInputTopics,
     #[error("a record for {topic} was not acknowledged by the broker: {message}; stopping without committing past its event, which will be redelivered")]
@@ -58,10 +61,21 @@ pub async fn run<S: Stage>(
     } else {
         runtime.worker_id.clone()
     };
+    let health = Arc::new(Health::default());
+    if !runtime.http_listen.is_empty() {
+        let addr = serve_http(&runtime.http_listen, health.clone())
+            .await
+            .map_err(|e| RuntimeError::Http {
+                listen: runtime.http_listen.clone(),
+                message: e.to_string(),
+            })?;
+        info!(http_listen = %addr, "serving /metrics, /healthz and /readyz");
+    }
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let consumer: StreamConsumer<RuntimeContext> = consumer_config(kafka, &worker_id)
         .create_with_context(RuntimeContext {
             tracker: tracker.clone(),
+            health: health.clone(),
         })
         .map_err(RuntimeError::Setup)?;
     let producer: FutureProducer = producer_config(kafka, &worker_id)
@@ -121,6 +135,7 @@ pub async fn run<S: Stage>(
                         }
                     }
                     paused = false;
+                    metrics::gauge!(m::PAUSED_PARTITIONS, "stage" => stage_name).set(0.0);
                     debug!("backpressure released: partitions resumed");
                 }
             }
@@ -142,6 +157,7 @@ pub async fn run<S: Stage>(
                             match shared.consumer.pause(&assignment) {
                                 Ok(()) => {
                                     paused = true;
+                                    metrics::gauge!(m::PAUSED_PARTITIONS, "stage" => stage_name).set(assignment.count() as f64);
                                     metrics::counter!(m::BACKPRESSURE_PAUSES, "stage" => stage_name).increment(1);
                                     debug!(in_flight = now_in_flight, "backpressure: partitions paused");
                                 }
@@ -165,6 +181,7 @@ pub async fn run<S: Stage>(
     }
 
     // Drain: stop feeding lanes, let in-flight events finish within the grace period.
+    shared.consumer.context().health.set_draining();
     drop(lanes);
     let deadline = Instant::now() + Duration::from_millis(runtime.drain_grace_ms);
     while shared.in_flight.load(Ordering::Acquire) > 0 && shared.fatal_error().is_none() {
@@ -501,6 +518,7 @@ fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
 /// Forgets revoked partitions so late acks never store offsets for partitions we lost.
 struct RuntimeContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    health: Arc<Health>,
 }
 
 impl ClientContext for RuntimeContext {}
@@ -515,7 +533,10 @@ impl ConsumerContext for RuntimeContext {
                 }
                 info!(partitions = tpl.count(), "partitions revoked");
             }
-            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Assign(tpl) => {
+                self.health.set_assigned();
+                info!(partitions = tpl.count(), "partitions assigned");
+            }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
