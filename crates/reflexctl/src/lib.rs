@@ -8,6 +8,8 @@
 //!   and produce it with CloudEvents binary-mode headers.
 //! - `tail`: consume a topic and print each record as one JSON line, value decoded via the
 //!   registry.
+//! - `lag`: consumer-group lag in offsets and seconds with a Burrow-style status; `--serve`
+//!   turns it into a Prometheus exporter.
 //!
 //! Exit codes: 0 success, 1 a check failed (incompatible schema, refused topic change), 2 an
 //! error (bad input, unreachable broker or registry) or bad usage.
@@ -20,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use rdkafka::config::ClientConfig;
 use reflex_core::registry::{RegistryClient, RegistryError};
 
+pub mod lag;
 pub mod publish;
 pub mod schemas;
 pub mod tail;
@@ -43,7 +46,8 @@ reflexctl topics apply --dry-run\n  \
 reflexctl schemas register\n  \
 echo '{\"cluster\":\"prod\",\"namespace\":\"shop\",\"pod\":\"api-7\",\"reason\":\"CrashLoopBackOff\",\"restart_count\":5}' \\\n    \
 | reflexctl publish --topic reflex.events.k8s --type io.k8s.pod.crashloop --key-field pod\n  \
-reflexctl tail --topic reflex.events.k8s --from-beginning --max 10 --timeout-ms 5000"
+reflexctl tail --topic reflex.events.k8s --from-beginning --max 10 --timeout-ms 5000\n  \
+reflexctl lag --group reflex-router"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -106,6 +110,9 @@ pub enum Command {
     /// Print a topic's records as JSON lines, values decoded via the registry.
     #[command(long_about = tail::LONG_ABOUT)]
     Tail(tail::TailArgs),
+    /// Consumer-group lag in offsets and seconds, with a Burrow-style status.
+    #[command(long_about = lag::LONG_ABOUT)]
+    Lag(lag::LagArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code (1 when a check failed).
@@ -116,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schemas(cmd) => schemas::run(&global, cmd).await,
         Command::Publish(args) => publish::run(&global, args).await,
         Command::Tail(args) => tail::run(&global, args).await,
+        Command::Lag(args) => lag::run(&global, args).await,
     };
     result.map_err(|e| {
         let unreachable = e.chain().any(|cause| {

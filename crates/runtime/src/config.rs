@@ -107,6 +107,15 @@ pub struct RuntimeSettings {
     /// Address of `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9090` in a pod; port 0
     /// picks a free port, logged at start). Empty disables the endpoint.
     pub http_listen: String,
+    /// How often the worker measures its own group's lag (offsets and seconds) for `/metrics`;
+    /// 0 turns it off.
+    pub lag_interval_ms: u64,
+    /// Lag samples in the Burrow-style status window.
+    pub lag_window: usize,
+    /// Lag > 0 and no commit moved this long: status STALL.
+    pub lag_stall_after_ms: u64,
+    /// Lag > 0 and no commit moved this long: status STOP.
+    pub lag_stop_after_ms: u64,
 }
 
 /// Schema Registry access.

@@ -71,6 +71,9 @@ pub async fn run<S: Stage>(
             })?;
         info!(http_listen = %addr, "serving /metrics, /healthz and /readyz");
     }
+    if runtime.lag_interval_ms > 0 {
+        tokio::spawn(monitor_lag(kafka.clone(), runtime.clone()));
+    }
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let consumer: StreamConsumer<RuntimeContext> = consumer_config(kafka, &worker_id)
         .create_with_context(RuntimeContext {
@@ -392,6 +395,43 @@ async fn lane<S: Stage>(shared: Arc<Shared<S>>, mut events: mpsc::UnboundedRecei
                 shared.fail(event.topic.clone(), message);
                 return;
             }
+        }
+    }
+}
+
+/// Measures this worker's own group lag every `lag_interval_ms` and exports it.
+async fn monitor_lag(kafka: KafkaSettings, runtime: RuntimeSettings) {
+    let thresholds = reflex_lag::Thresholds {
+        window: runtime.lag_window,
+        stall_after: Duration::from_millis(runtime.lag_stall_after_ms),
+        stop_after: Duration::from_millis(runtime.lag_stop_after_ms),
+    };
+    let mut evaluator = reflex_lag::Evaluator::new(thresholds);
+    let mut reader = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(runtime.lag_interval_ms)).await;
+        let (k, r) = (kafka.clone(), reader.take());
+        let result = tokio::task::spawn_blocking(move || {
+            let mut reader = match r {
+                Some(r) => r,
+                None => reflex_lag::LagReader::new(
+                    &k.bootstrap_servers,
+                    &k.properties,
+                    Duration::from_secs(10),
+                )?,
+            };
+            let sample = reader.read(&k.group_id, &k.input_topics, &k.properties);
+            sample.map(|s| (reader, s))
+        })
+        .await;
+        match result {
+            Ok(Ok((r, sample))) => {
+                let status = evaluator.observe(sample.clone());
+                reflex_lag::export(&sample, status);
+                reader = Some(r);
+            }
+            Ok(Err(e)) => debug!(error = %e, "lag sample failed"),
+            Err(e) => debug!(error = %e, "lag sampler panicked"),
         }
     }
 }
