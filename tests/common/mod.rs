@@ -75,6 +75,19 @@ pub fn spawn_router_instance(
     rules: &Path,
     log: &Path,
 ) -> ChildGuard {
+    spawn_router_with_env(stack, group, instance, input, rules, log, &[])
+}
+
+/// Like [`spawn_router_instance`], with extra environment variables (e.g. `OTEL_*`).
+pub fn spawn_router_with_env(
+    stack: &Stack,
+    group: &str,
+    instance: &str,
+    input: &str,
+    rules: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> ChildGuard {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -83,6 +96,7 @@ pub fn spawn_router_instance(
     ChildGuard::spawn(
         "reflex-router",
         Command::new(workspace_bin("reflex-router"))
+            .envs(env.iter().copied())
             .env("REFLEX_KAFKA__GROUP_INSTANCE_ID", instance)
             .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
             .env("REFLEX_KAFKA__GROUP_ID", group)
@@ -143,4 +157,94 @@ pub fn assert_per_key_order(messages: &[OwnedMessage], seq_of: &HashMap<String, 
 
 pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The enricher binary as a separate process, configured through REFLEX_ env variables; its
+/// stderr (JSON logs) goes to `log`.
+pub fn spawn_enricher(
+    stack: &Stack,
+    group: &str,
+    input: &str,
+    output: &str,
+    bindings: &Path,
+    log: &Path,
+) -> ChildGuard {
+    spawn_enricher_with_env(stack, group, input, output, bindings, log, &[])
+}
+
+/// Like [`spawn_enricher`], with `extra_env` overriding anything.
+pub fn spawn_enricher_with_env(
+    stack: &Stack,
+    group: &str,
+    input: &str,
+    output: &str,
+    bindings: &Path,
+    log: &Path,
+    extra_env: &[(&str, &str)],
+) -> ChildGuard {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut command = Command::new(workspace_bin("reflex-enricher"));
+    command
+        .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
+        .env("REFLEX_KAFKA__GROUP_ID", group)
+        .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
+        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
+        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
+        .env("REFLEX_REGISTRY__URL", &stack.registry_url)
+        .env("REFLEX_ENRICHER__BINDINGS_FILE", bindings)
+        .env("REFLEX_ENRICHER__OUTPUT_TOPIC", output)
+        .env("REFLEX_ENRICHER__REDIS_URL", &stack.redis_url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file));
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    ChildGuard::spawn("reflex-enricher", &mut command)
+}
+
+/// The actor binary as a separate process: `config` is its TOML file (actions, Redis, topics),
+/// Kafka and the registry come from REFLEX_ env variables, `instance` is its static group
+/// membership id and worker id (empty: dynamic), `extra_env` overrides anything. Its stderr
+/// (JSON logs) goes to `log`.
+pub fn spawn_actor(
+    stack: &Stack,
+    group: &str,
+    instance: &str,
+    input: &str,
+    config: &Path,
+    log: &Path,
+    extra_env: &[(&str, &str)],
+) -> ChildGuard {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut command = Command::new(workspace_bin("reflex-actor"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("REFLEX_KAFKA__GROUP_INSTANCE_ID", instance)
+        .env("REFLEX_RUNTIME__WORKER_ID", instance)
+        .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
+        .env("REFLEX_KAFKA__GROUP_ID", group)
+        .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
+        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
+        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
+        .env("REFLEX_REGISTRY__URL", &stack.registry_url)
+        .env("REFLEX_ACTOR__REDIS_URL", &stack.redis_url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file));
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    ChildGuard::spawn("reflex-actor", &mut command)
 }

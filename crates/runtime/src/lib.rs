@@ -18,6 +18,8 @@
 //!   with exponential backoff and jitter up to `runtime.max_attempts`; the rest, and exhausted
 //!   retries, go to the `<topic>.dlq` dead-letter topic with the original record and headers
 //!   describing the failure. Nothing is dropped silently.
+//! - **Traced.** Each event is processed in a `process {topic}` span parented by its
+//!   `traceparent` header; every record it produces carries the span's context ([`trace`]).
 //! - **Observable.** `/metrics`, `/healthz` and `/readyz` on `runtime.http_listen` ([`http`]).
 //! - **Graceful drain.** On SIGTERM the loop stops taking events, finishes what is in flight
 //!   within `runtime.drain_grace_ms` (keep it below the session timeout), commits and leaves.
@@ -30,6 +32,7 @@ mod run;
 pub mod shutdown;
 pub mod stage;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
 pub use run::{run, RuntimeError};

@@ -26,6 +26,8 @@ use crate::dead_letter::{dead_letter, FailureContext};
 use crate::http::{serve as serve_http, Health};
 use crate::offsets::OffsetTracker;
 use crate::stage::{Event, Output, Stage, StageError};
+use crate::{telemetry, trace};
+use tracing::Instrument;
 
 /// Why the loop stopped abnormally. The process should exit non-zero and be restarted; what was
 /// not committed is redelivered.
@@ -197,6 +199,7 @@ pub async fn run<S: Stage>(
     let left = shared.in_flight.load(Ordering::Acquire);
     if let Some(fatal) = shared.fatal_error() {
         error!(error = %fatal, "stopping on a fatal error");
+        telemetry::shutdown();
         return Err(fatal);
     }
     if left > 0 {
@@ -212,6 +215,7 @@ pub async fn run<S: Stage>(
     }
     shared.consumer.unsubscribe();
     info!(stage = stage_name, "worker stopped");
+    telemetry::shutdown();
     Ok(())
 }
 
@@ -283,6 +287,7 @@ impl<S: Stage> Shared<S> {
                 first_failure_ms: first_failure_ms.unwrap_or_else(now_ms),
                 dead_letter_suffix: &self.runtime.dead_letter_suffix,
             };
+            trace::record_error(&tracing::Span::current(), error.class.as_str());
             let record = dead_letter(event, &error, &ctx);
             warn!(
                 topic = %event.topic, partition = event.partition, offset = event.offset,
@@ -382,7 +387,10 @@ impl<S: Stage> Shared<S> {
 /// One key lane: strictly sequential processing and enqueueing, acks awaited concurrently.
 async fn lane<S: Stage>(shared: Arc<Shared<S>>, mut events: mpsc::UnboundedReceiver<Event>) {
     while let Some(event) = events.recv().await {
-        let (outputs, dead_lettered) = shared.process(&event).await;
+        let span = trace::process_span(&event, &shared.group);
+        let (mut outputs, dead_lettered) = shared.process(&event).instrument(span.clone()).await;
+        trace::inject(&span, &mut outputs);
+        drop(span);
         if outputs.is_empty() {
             metrics::counter!(m::EVENTS_DROPPED, "stage" => shared.stage.name()).increment(1);
         }

@@ -1,0 +1,84 @@
+//! Trace context through Kafka headers: one `process {topic}` span per event, a child of the
+//! producer's context from the `traceparent` header, with the OpenTelemetry messaging attribute
+//! names (CONVENTIONS.md); every record the event produces carries this span's context.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use reflex_core::headers::{ce, Headers};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::stage::{Event, Output};
+
+struct HeaderExtractor<'a>(&'a Headers);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get_str(key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|h| h.key.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut Headers);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.set(key, value);
+    }
+}
+
+/// The processing span of `event`, parented by its `traceparent` header when it has one.
+pub fn process_span(event: &Event, group: &str) -> Span {
+    let ce_id = event.headers.get_str(ce::ID).unwrap_or("");
+    let correlation_id = event.headers.get_str(ce::CORRELATION_ID).unwrap_or(ce_id);
+    let span = tracing::info_span!(
+        "process",
+        "otel.name" = %format!("process {}", event.topic),
+        "otel.kind" = "consumer",
+        "otel.status_code" = tracing::field::Empty,
+        "messaging.system" = "kafka",
+        "messaging.operation.type" = "process",
+        "messaging.operation.name" = "process",
+        "messaging.destination.name" = %event.topic,
+        "messaging.destination.partition.id" = %event.partition,
+        "messaging.consumer.group.name" = %group,
+        "messaging.kafka.offset" = event.offset,
+        "messaging.message.id" = %ce_id,
+        "messaging.kafka.message.tombstone" = event.payload.is_none(),
+        "error.type" = tracing::field::Empty,
+        ce_id = %ce_id,
+        correlation_id = %correlation_id,
+    );
+    if event
+        .headers
+        .get(reflex_core::headers::trace::TRACEPARENT)
+        .is_some()
+    {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(&event.headers))
+        });
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// Marks the span failed with the error class.
+pub fn record_error(span: &Span, class: &str) {
+    span.record("error.type", class);
+    span.record("otel.status_code", "ERROR");
+}
+
+/// Writes `span`'s context into each output's `traceparent` / `tracestate`, when the span is
+/// being recorded (an exporter is configured); otherwise outputs keep the headers they have.
+pub fn inject(span: &Span, outputs: &mut [Output]) {
+    let context = span.context();
+    if !opentelemetry::trace::TraceContextExt::has_active_span(&context) {
+        return;
+    }
+    for output in outputs {
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&context, &mut HeaderInjector(&mut output.headers))
+        });
+    }
+}

@@ -1,0 +1,220 @@
+//! One trace per event: the router continues the producer's W3C trace context, exports its
+//! `process` span over OTLP (to a receiver this test runs) with the OpenTelemetry messaging
+//! attribute names, and hands its own context downstream in `traceparent`.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use common::*;
+use rdkafka::message::{Header, OwnedHeaders};
+use reflex_testkit::{
+    ce_headers, create_topics, header_str, produce, producer, read_topic, stack, unique,
+};
+use serde_json::Value;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN: &str = "00f067aa0ba902b7";
+
+/// An OTLP/HTTP (JSON) receiver: collects every exported span.
+async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in ss["spans"].as_array().into_iter().flatten() {
+                            let mut span = span.clone();
+                            span["resource"] = rs["resource"].clone();
+                            sink.lock().unwrap().push(span);
+                        }
+                    }
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), spans)
+}
+
+fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_continues_the_trace_and_exports_a_process_span() {
+    let stack = stack();
+    let (endpoint, spans) = otlp_receiver().await;
+    let input = unique("trace-in");
+    let out = unique("trace-out");
+    create_topics(
+        &stack.bootstrap,
+        &[(&input, 1), (&out, 1), (&format!("{input}.dlq"), 1)],
+    )
+    .await;
+    let schema_id = register_pod_schema(&stack, &input).await;
+    let rules = write_rules(
+        "rules",
+        &format!(
+            "[[rule]]\nname = \"all\"\nwhen = 'payload.restart_count >= 0'\nto = [\"{out}\"]\n"
+        ),
+    );
+    let producer = producer(&stack.bootstrap);
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN}-01");
+    let with_trace = |h: OwnedHeaders| {
+        h.insert(Header {
+            key: "traceparent",
+            value: Some(traceparent.as_str()),
+        })
+    };
+    produce(
+        &producer,
+        &input,
+        Some("pod"),
+        &pod_event(schema_id, "pod", 1, 5, "CrashLoopBackOff"),
+        with_trace(ce_headers("traced-1", "t", "s")),
+    )
+    .await;
+    // A bad event whose dead-letter log line must carry its correlation id.
+    let bad_headers = ce_headers("traced-bad", "t", "s").insert(Header {
+        key: "ce_correlationid",
+        value: Some("corr-incident-77"),
+    });
+    produce(&producer, &input, Some("pod"), b"not avro", bad_headers).await;
+
+    let group = unique("router");
+    let log = std::env::temp_dir().join(unique("router-log"));
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "reflex-router"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let mut router = spawn_router_with_env(&stack, &group, "", &input, &rules, &log, &env);
+    let routed = read_topic(
+        &stack.bootstrap,
+        &out,
+        1,
+        Duration::from_secs(60),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(routed.len(), 1, "log: {}", read_log(&log));
+    let downstream = header_str(&routed[0], "traceparent")
+        .expect("output carries traceparent")
+        .to_string();
+    let parts: Vec<&str> = downstream.split('-').collect();
+    assert_eq!(parts[1], TRACE_ID, "same trace downstream: {downstream}");
+    assert_ne!(
+        parts[2], PARENT_SPAN,
+        "downstream parent is the router's span: {downstream}"
+    );
+    let router_span_id = parts[2].to_string();
+
+    router.signal("TERM");
+    assert_eq!(router.wait_exit(Duration::from_secs(20)), Some(0));
+    let span = {
+        let mut found = None;
+        for _ in 0..50 {
+            found = spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| {
+                    s["spanId"].as_str().map(str::to_lowercase) == Some(router_span_id.clone())
+                })
+                .cloned();
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        found.unwrap_or_else(|| {
+            panic!(
+                "span {router_span_id} not exported; got {:?}",
+                spans.lock().unwrap()
+            )
+        })
+    };
+    assert_eq!(span["traceId"].as_str().unwrap().to_lowercase(), TRACE_ID);
+    assert_eq!(
+        span["parentSpanId"].as_str().unwrap().to_lowercase(),
+        PARENT_SPAN
+    );
+    assert_eq!(span["name"], format!("process {input}"));
+    assert_eq!(span["kind"], 5, "SPAN_KIND_CONSUMER");
+    assert_eq!(
+        attribute(&span, "messaging.system").unwrap()["stringValue"],
+        "kafka"
+    );
+    assert_eq!(
+        attribute(&span, "messaging.operation.type").unwrap()["stringValue"],
+        "process"
+    );
+    assert_eq!(
+        attribute(&span, "messaging.destination.name").unwrap()["stringValue"],
+        input.as_str()
+    );
+    assert_eq!(
+        attribute(&span, "messaging.consumer.group.name").unwrap()["stringValue"],
+        group.as_str()
+    );
+    assert_eq!(
+        attribute(&span, "messaging.message.id").unwrap()["stringValue"],
+        "traced-1"
+    );
+    assert!(attribute(&span, "messaging.kafka.offset").is_some());
+    for deprecated in [
+        "messaging.kafka.consumer.group",
+        "messaging.kafka.message.offset",
+    ] {
+        assert!(
+            attribute(&span, deprecated).is_none(),
+            "{deprecated} must not be emitted"
+        );
+    }
+    let service = span["resource"]["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "service.name")
+        .unwrap();
+    assert_eq!(service["value"]["stringValue"], "reflex-router");
+
+    // The failed event's span is marked with its error class, and its log line carries the correlation id.
+    let failed = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            attribute(s, "messaging.message.id")
+                .map(|v| v["stringValue"] == "traced-bad")
+                .unwrap_or(false)
+        })
+        .cloned();
+    let failed = failed.expect("the bad event's span was exported");
+    assert_eq!(
+        attribute(&failed, "error.type").unwrap()["stringValue"],
+        "poison"
+    );
+    let log_text = read_log(&log);
+    assert!(
+        log_text
+            .lines()
+            .any(|l| l.contains("event dead-lettered") && l.contains("corr-incident-77")),
+        "dead-letter log line lacks the correlation id:\n{log_text}"
+    );
+}
