@@ -1,0 +1,352 @@
+//! Lookup sources at run time: Redis, a static file table, HTTP with a TTL cache.
+//!
+//! None of them costs one awaited round trip per event on the hot path:
+//!
+//! - **Redis**: every lane shares one multiplexed connection ([`RedisConn`]). The runtime processes
+//!   events of different keys concurrently (`runtime.key_lanes`), and all their `HGETALL`s go
+//!   down that one connection back to back without waiting for each other's replies: the
+//!   commands of concurrent events are pipelined on the wire. The lookups of one event also run
+//!   concurrently. Each lookup is bounded by `enricher.redis_timeout_ms`; a failed or timed-out
+//!   command is a transient error (the runtime retries it with backoff) and the next lookup
+//!   reconnects.
+//! - **File**: an in-memory table loaded at start-up.
+//! - **HTTP**: a TTL cache (including "not found" answers) in front of `GET`; only a cache miss
+//!   goes to the server.
+//!
+//! Metric [`reflex_core::metrics::LOOKUPS`] (`lookup`, `result`): for http lookups `hit` and
+//! `miss` are cache hits and misses (a miss fetched from the server); for redis and file lookups
+//! `hit` means a row was found and `miss` that none was; `error` is a failed lookup.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use reflex_core::metrics as m;
+use reflex_runtime::StageError;
+
+use crate::spec::SourceSpec;
+
+/// One multiplexed Redis connection shared by every lane (cheap to clone), reconnected lazily.
+///
+/// After a failed or timed-out command the connection is dropped and the next lookup opens a
+/// new one (one connect at a time). `redis::aio::ConnectionManager` was tried first: after a
+/// Redis restart it could stay stuck on a failed reconnect, so every lookup timed out forever.
+#[derive(Clone)]
+pub struct RedisConn {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    timeout: Duration,
+    /// (generation, connection): a failure only drops the connection it happened on.
+    current: Arc<std::sync::RwLock<Option<(u64, MultiplexedConnection)>>>,
+    connecting: Arc<tokio::sync::Mutex<u64>>,
+}
+
+impl RedisConn {
+    /// Connects to `url` (start-up fails when Redis cannot be reached). `timeout` bounds connecting
+    /// and each command.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisConn, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+        let redis = RedisConn {
+            client,
+            config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout),
+            timeout,
+            current: Arc::default(),
+            connecting: Arc::default(),
+        };
+        redis
+            .connection()
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        Ok(redis)
+    }
+
+    async fn connection(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+        if let Some(c) = self.current.read().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let mut generation = self.connecting.lock().await;
+        if let Some(c) = self.current.read().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *generation += 1;
+        let entry = (*generation, conn);
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(entry.clone());
+        }
+        Ok(entry)
+    }
+
+    fn drop_connection(&self, generation: u64) {
+        if let Ok(mut current) = self.current.write() {
+            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                *current = None;
+            }
+        }
+    }
+
+    /// `HGETALL key`, bounded by the timeout (connecting included).
+    async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, String>, RedisFailure> {
+        // Generation of the connection the command went out on (0: still connecting).
+        let used = AtomicU64::new(0);
+        let attempt = async {
+            let (generation, mut conn) = self.connection().await.map_err(RedisFailure::Redis)?;
+            used.store(generation, Ordering::Relaxed);
+            let result = redis::cmd("HGETALL").arg(key).query_async(&mut conn).await;
+            result.map_err(|e| {
+                if e.code().is_none() {
+                    // Not an answer from the server: the connection is suspect.
+                    self.drop_connection(generation);
+                }
+                RedisFailure::Redis(e)
+            })
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.drop_connection(used.load(Ordering::Relaxed));
+                Err(RedisFailure::Timeout(self.timeout))
+            }
+        }
+    }
+}
+
+enum RedisFailure {
+    Redis(redis::RedisError),
+    Timeout(Duration),
+}
+
+/// A lookup answer: a row of strings, or nothing.
+pub type Row = Option<BTreeMap<String, String>>;
+
+/// A lookup source, ready to answer.
+pub enum Source {
+    Redis(RedisConn),
+    File(Arc<HashMap<String, BTreeMap<String, String>>>),
+    Http(HttpSource),
+}
+
+impl Source {
+    /// Builds the source for `spec`; `redis` must be given when it is a redis lookup.
+    pub fn new(spec: &SourceSpec, redis: Option<&RedisConn>) -> Result<Source, String> {
+        Ok(match spec {
+            SourceSpec::Redis => Source::Redis(
+                redis
+                    .cloned()
+                    .ok_or("a redis lookup needs a Redis connection")?,
+            ),
+            SourceSpec::File { table, .. } => Source::File(Arc::new(table.clone())),
+            SourceSpec::Http {
+                ttl,
+                max_entries,
+                timeout,
+            } => Source::Http(HttpSource::new(*ttl, *max_entries, *timeout)),
+        })
+    }
+
+    /// Looks `key` (a Redis key, a row key or a URL) up for lookup `name`.
+    pub async fn fetch(&self, name: &str, key: &str) -> Result<Row, StageError> {
+        let result = match self {
+            Source::Redis(conn) => redis_hgetall(conn, name, key).await,
+            Source::File(table) => Ok(table.get(key).cloned()),
+            Source::Http(http) => return http.fetch(name, key).await,
+        };
+        let label = match &result {
+            Ok(Some(_)) => "hit",
+            Ok(None) => "miss",
+            Err(_) => "error",
+        };
+        metrics::counter!(m::LOOKUPS, "lookup" => name.to_string(), "result" => label).increment(1);
+        result
+    }
+}
+
+async fn redis_hgetall(redis: &RedisConn, name: &str, key: &str) -> Result<Row, StageError> {
+    // Every lane shares the one multiplexed connection (see the module docs).
+    let row = redis.hgetall(key).await.map_err(|failure| match failure {
+        RedisFailure::Timeout(t) => StageError::transient(format!(
+            "lookup `{name}`: Redis HGETALL {key}: no answer within {t:?}"
+        )),
+        RedisFailure::Redis(e) => {
+            let message = format!("lookup `{name}`: Redis HGETALL {key}: {e}");
+            if e.code() == Some("WRONGTYPE") || e.kind() == redis::ErrorKind::TypeError {
+                StageError::permanent(message)
+            } else {
+                StageError::transient(message)
+            }
+        }
+    })?;
+    Ok((!row.is_empty()).then_some(row))
+}
+
+/// `GET` with an in-memory TTL cache of at most `max_entries` URLs.
+pub struct HttpSource {
+    client: reqwest::Client,
+    ttl: Duration,
+    max_entries: usize,
+    cache: Mutex<HashMap<String, (Instant, Row)>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl HttpSource {
+    pub fn new(ttl: Duration, max_entries: usize, timeout: Duration) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .unwrap_or_default(),
+            ttl,
+            max_entries: max_entries.max(1),
+            cache: Mutex::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Cache hits and misses so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn count(&self, name: &str, result: &'static str) {
+        match result {
+            "hit" => self.hits.fetch_add(1, Ordering::Relaxed),
+            "miss" => self.misses.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        metrics::counter!(m::LOOKUPS, "lookup" => name.to_string(), "result" => result)
+            .increment(1);
+    }
+
+    pub async fn fetch(&self, name: &str, url: &str) -> Result<Row, StageError> {
+        let now = Instant::now();
+        if let Some((expires, row)) = self.cache.lock().ok().and_then(|c| c.get(url).cloned()) {
+            if expires > now {
+                self.count(name, "hit");
+                return Ok(row);
+            }
+        }
+        let row = match self.get(name, url).await {
+            Ok(row) => row,
+            Err(e) => {
+                self.count(name, "error");
+                return Err(e);
+            }
+        };
+        self.count(name, "miss");
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= self.max_entries && !cache.contains_key(url) {
+                let now = Instant::now();
+                cache.retain(|_, (expires, _)| *expires > now);
+                if cache.len() >= self.max_entries {
+                    // Still full of live entries: drop the one closest to expiry.
+                    if let Some(oldest) = cache
+                        .iter()
+                        .min_by_key(|(_, (expires, _))| *expires)
+                        .map(|(k, _)| k.clone())
+                    {
+                        cache.remove(&oldest);
+                    }
+                }
+            }
+            cache.insert(url.to_string(), (Instant::now() + self.ttl, row.clone()));
+        }
+        Ok(row)
+    }
+
+    async fn get(&self, name: &str, url: &str) -> Result<Row, StageError> {
+        let response = self
+            .client
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                let message = format!("lookup `{name}`: GET {url}: {}", error_chain(&e));
+                if e.is_builder() {
+                    StageError::permanent(message)
+                } else {
+                    StageError::transient(message)
+                }
+            })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        {
+            return Err(StageError::transient(format!(
+                "lookup `{name}`: GET {url}: HTTP {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(StageError::permanent(format!(
+                "lookup `{name}`: GET {url}: HTTP {status}"
+            )));
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| {
+            StageError::permanent(format!(
+                "lookup `{name}`: GET {url}: the response is not JSON: {}",
+                error_chain(&e)
+            ))
+        })?;
+        match body {
+            serde_json::Value::Object(map) => {
+                let mut row = BTreeMap::new();
+                flatten("", &serde_json::Value::Object(map), &mut row);
+                Ok(Some(row))
+            }
+            other => Err(StageError::permanent(format!(
+                "lookup `{name}`: GET {url}: expected a JSON object, got `{other}`"
+            ))),
+        }
+    }
+}
+
+/// Flattens a JSON object into strings: nested objects become dotted keys, strings stay as
+/// they are, other scalars and arrays become their JSON text, nulls are left out.
+pub fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        message.push_str(": ");
+        message.push_str(&e.to_string());
+        source = e.source();
+    }
+    message
+}
