@@ -219,6 +219,12 @@ def executive():
         f'sum(rate(reflex_dedup_hits_total[{RI}])) / sum(rate(reflex_actions_total[{RI}]))',
         "suppressed duplicates / all outcomes")], w=8, unit="percentunit",
         description="Duplicates caught by the idempotency claim (not executed). Duplicates the target executed despite the Idempotency-Key are not visible here."))
+    p.append(panel(lay, "timeseries", "Time to remediation: event time → action done (M2/M4)", [
+        (f'histogram_quantile(0.5, sum by (le) (rate(reflex_action_latency_seconds_bucket[{RI}])))', "p50"),
+        (f'histogram_quantile(0.95, sum by (le) (rate(reflex_action_latency_seconds_bucket[{RI}])))', "p95"),
+        (f'sum(rate(reflex_action_latency_seconds_sum[{RI}])) / sum(rate(reflex_action_latency_seconds_count[{RI}]))', "mean"),
+    ], w=12, unit="s",
+        description="From the causing event's ce_time to the actor's successful final attempt (reflex_action_latency_seconds). Seed targets: p95 < 5s (M2), mean < 5 min for critical remediation (M4)."))
     p.append(panel(lay, "timeseries", "Worst consumer lag (M2/M7)", [(
         'max by (group) (kafka_consumergroup_group_max_lag_seconds)', "{{group}}")], w=8, unit="s", thresholds=LAG_S))
     p.append(panel(lay, "bargauge", "Top automation-triggering rules (dashboard range)", [(

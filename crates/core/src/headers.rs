@@ -33,6 +33,9 @@ pub mod reflex {
     pub const RULE: &str = "reflex-rule";
     /// How many Reflex hops the event has taken (loop prevention).
     pub const HOPS: &str = "reflex-hops";
+    /// Router rules that handled this automation chain so far, comma-separated in order: a
+    /// chain that comes back to a rule it already went through is a loop (dead-lettered).
+    pub const RULES_VISITED: &str = "reflex-rules-visited";
     /// Error class of a dead letter (see [`crate::ErrorClass`]).
     pub const ERROR_CLASS: &str = "reflex-error-class";
     pub const ERROR_MESSAGE: &str = "reflex-error-message";
@@ -118,6 +121,13 @@ impl Headers {
             .into_iter()
             .filter(|name| self.get_str(name).is_none_or(str::is_empty))
             .collect()
+    }
+
+    /// Rules this chain already went through (see [`reflex::RULES_VISITED`]).
+    pub fn rules_visited(&self) -> Vec<&str> {
+        self.get_str(reflex::RULES_VISITED)
+            .map(|v| v.split(',').filter(|r| !r.is_empty()).collect())
+            .unwrap_or_default()
     }
 
     /// The hop count (0 when absent or unreadable).

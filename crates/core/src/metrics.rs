@@ -35,3 +35,6 @@ pub const RATE_LIMITED: &str = "reflex_rate_limited_total";
 pub const KILL_SWITCH: &str = "reflex_kill_switch_on";
 /// Actions parked by the blast-radius cap instead of executed. Labels: `action`.
 pub const BLAST_RADIUS_PARKED: &str = "reflex_blast_radius_parked_total";
+/// End-to-end latency: the causing event's time (`ce_time`) to the action's completion, for
+/// actions that took effect (seed metric M2/M4). Labels: `action`.
+pub const ACTION_LATENCY_SECONDS: &str = "reflex_action_latency_seconds";

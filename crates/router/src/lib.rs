@@ -194,6 +194,14 @@ impl Router {
             metrics::counter!(m::RULE_MATCHES, "rule" => rule.name.clone()).increment(1);
             match &rule.action {
                 RuleAction::Route(topics) => {
+                    let visited = event.headers.rules_visited();
+                    if visited.contains(&rule.name.as_str()) {
+                        return Err(StageError::permanent(format!(
+                            "automation loop: rule `{}` already handled this chain (rules visited: {})",
+                            rule.name,
+                            visited.join(" -> ")
+                        )));
+                    }
                     destinations.extend(topics.iter().map(|t| (t.as_str(), rule.name.as_str())))
                 }
                 RuleAction::Drop => return Ok(Vec::new()),
@@ -226,6 +234,9 @@ impl Router {
                 let mut headers = event.headers.clone();
                 headers.set(rh::RULE, rule);
                 headers.set(rh::HOPS, hops.to_string());
+                let mut visited = event.headers.rules_visited();
+                visited.push(rule);
+                headers.set(rh::RULES_VISITED, visited.join(","));
                 Output {
                     topic: topic.to_string(),
                     key: event.key.clone(),
@@ -410,6 +421,29 @@ mod tests {
         assert_eq!(
             r.process(&e).await.unwrap_err().class,
             ErrorClass::Transient
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chain_that_comes_back_to_a_rule_is_a_loop() {
+        let r = router(RULES);
+        let first = r.process(&event(5, true)).await.unwrap();
+        assert_eq!(first[0].headers.get_str(rh::RULES_VISITED), Some("crash"));
+        let mut again = event(5, true);
+        again.headers.set(rh::RULES_VISITED, "other,crash");
+        let err = r.process(&again).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(
+            err.message.contains("automation loop") && err.message.contains("other -> crash"),
+            "{}",
+            err.message
+        );
+        let mut elsewhere = event(5, true);
+        elsewhere.headers.set(rh::RULES_VISITED, "other");
+        let out = r.process(&elsewhere).await.unwrap();
+        assert_eq!(
+            out[0].headers.get_str(rh::RULES_VISITED),
+            Some("other,crash")
         );
     }
 

@@ -1,0 +1,600 @@
+//! The actor's configuration and its start-up validation.
+//!
+//! Actions are `[[actor.action]]` tables keyed by `name` (the `action` field of a request).
+//! [`compile`] checks every action before the worker consumes anything: an unknown kind, an
+//! invalid method or URL, a template that does not compile or reads a field action requests do
+//! not have, a missing signing secret. Errors name the file, line, action and field, e.g.
+//! `actor.toml:14: action `restart-pod` field `url`: template reads `payload.pod`, ...`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use reflex_core::template::Templates;
+use reflex_runtime::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Embedded actor defaults, layered over the runtime's.
+pub const ACTOR_DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Fields of an action request that templates may read (`{{ params.pod }}`, `{{ target }}`).
+pub const TEMPLATE_FIELDS: [&str; 13] = [
+    "idempotency_key",
+    "action",
+    "kind",
+    "target",
+    "params",
+    "body",
+    "event_id",
+    "event_type",
+    "rule",
+    "correlation_id",
+    "context",
+    "dry_run",
+    "requested_at",
+];
+
+/// The actor's whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorConfig {
+    /// Kafka connection, group and input topics (`reflex.actions.requests`).
+    pub kafka: KafkaSettings,
+    /// The shared loop's settings.
+    pub runtime: RuntimeSettings,
+    /// Schema Registry: request schemas by id, the outcome schema is registered at start-up.
+    pub registry: RegistrySettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+    /// Actor-specific settings.
+    pub actor: ActorSettings,
+}
+
+/// Actor-specific settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSettings {
+    /// Redis holding idempotency claims, done records, rate-limit and blast-radius counters and
+    /// the kill switch. Every replica of the fleet must use the same one.
+    pub redis_url: String,
+    /// Prefix of every Redis key: `<prefix>:claim:<idempotency key>`, `<prefix>:done:<key>`,
+    /// `<prefix>:rate:<action>`, `<prefix>:blast:<action>:<window>`, `<prefix>:killswitch`.
+    pub redis_prefix: String,
+    /// Topic of the audit records (`ActionOutcome`, one per attempt). Its schema is registered
+    /// under `<topic>-value` at start-up.
+    pub outcomes_topic: String,
+    /// Topic receiving requests parked by the blast-radius cap (the original record unchanged).
+    pub parked_topic: String,
+    /// Requests whose `reflex-hops` header exceeds this are dead-lettered (automation loop).
+    pub max_hops: u32,
+    /// Shadow mode for the whole worker: record what would be done (outcome `DRY_RUN`), no effect.
+    pub dry_run: bool,
+    /// Kill switch from config: while true no action is executed (events wait, none is lost).
+    /// At run time use the Redis key `<prefix>:killswitch` (or `<prefix>:killswitch:<action>`).
+    pub kill_switch: bool,
+    /// How often the Redis kill-switch keys are read (keep at most 500 so a switch acts within 2 s).
+    pub kill_switch_poll_ms: u64,
+    /// Lease of an idempotency claim. The owner renews it every third of the lease while it works;
+    /// when an owner dies, another replica may take the key over after the lease expires.
+    pub claim_lease_ms: u64,
+    /// How often a request whose key another live owner holds checks for the result.
+    pub claim_poll_ms: u64,
+    /// How long the outcome of a completed action is remembered (duplicates and replays within
+    /// this window are suppressed).
+    pub done_ttl_ms: u64,
+    /// The configured actions, keyed by `name`.
+    #[serde(default)]
+    pub action: Vec<ActionSettings>,
+}
+
+/// One configured action (`[[actor.action]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSettings {
+    /// Name the requests use in their `action` field.
+    pub name: String,
+    /// `http` (call a URL), `emit` (produce an event to a Kafka topic) or `log` (log only).
+    pub kind: String,
+    /// HTTP method (`http`), or a template such as `{{ params.method }}` checked per request.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// URL template (`http`), e.g. `http://k8s-gateway/pods/{{ params.pod }}/restart`, or
+    /// `{{ target }}` when the enricher binds the whole URL (then checked per request).
+    #[serde(default)]
+    pub url: String,
+    /// Header templates (`http`). `Idempotency-Key` is always set to the request's key.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body template (`http`, `emit`); without it the request's `body` is sent as it is.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Topic the event is produced to (`emit`).
+    #[serde(default)]
+    pub topic: String,
+    /// `ce_type` of the emitted event (`emit`).
+    #[serde(default = "default_event_type")]
+    pub event_type: String,
+    /// `content-type` of the emitted event (`emit`).
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    /// Message template (`log`); defaults to a summary of the request.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Timeout of one HTTP attempt.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts for transient failures (5xx, 408, 425, 429, timeouts, connection errors); each
+    /// attempt produces an outcome. 4xx is permanent and not retried.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff between attempts; doubles each attempt up to `max_backoff_ms`.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Longest backoff between attempts.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Name of an environment variable holding a Standard Webhooks secret (`whsec_<base64>` or
+    /// raw text); when set, requests carry `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// Fleet-wide rate limit in actions per second, shared by every replica through Redis
+    /// (GCRA). 0 means unlimited.
+    #[serde(default)]
+    pub rate_per_sec: f64,
+    /// Actions allowed at once above the steady rate (GCRA burst), at least 1.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+    /// Most attempts of this action running at once in one replica. 0 means unlimited.
+    #[serde(default)]
+    pub max_concurrency: usize,
+    /// Consecutive transient failures of a target that open its circuit breaker. 0 disables it.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before letting one probe through (half-open).
+    #[serde(default = "default_breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
+    /// Blast-radius cap: at most this many executions per window, fleet-wide; the rest are
+    /// parked (outcome `PARKED`, record on `actor.parked_topic`). 0 disables it.
+    #[serde(default)]
+    pub blast_radius_max: u64,
+    /// Window of the blast-radius cap.
+    #[serde(default = "default_blast_radius_window_ms")]
+    pub blast_radius_window_ms: u64,
+    /// Shadow mode for this action: outcome `DRY_RUN`, no effect.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_event_type() -> String {
+    "dev.reflex.action.emitted".into()
+}
+fn default_content_type() -> String {
+    "application/json".into()
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_backoff_ms() -> u64 {
+    200
+}
+fn default_max_backoff_ms() -> u64 {
+    5000
+}
+fn default_rate_burst() -> u32 {
+    1
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown_ms() -> u64 {
+    10_000
+}
+fn default_blast_radius_window_ms() -> u64 {
+    60_000
+}
+
+/// What an action does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Http {
+        /// `None`: the method is the template `<name>.method`, rendered per request.
+        method: Option<reqwest::Method>,
+        /// Names of the header templates, in order.
+        headers: Vec<String>,
+        secret: Option<Vec<u8>>,
+    },
+    Emit {
+        topic: String,
+    },
+    Log,
+}
+
+/// A validated action; its templates live in the shared [`Templates`] under `<name>.<field>`.
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub settings: ActionSettings,
+    pub kind: Kind,
+    pub timeout: Duration,
+}
+
+impl Action {
+    pub fn template_name(&self, field: &str) -> String {
+        format!("{}.{field}", self.settings.name)
+    }
+}
+
+/// A configuration error with its location.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{location}action `{action}` field `{field}`: {message}")]
+pub struct ConfigError {
+    /// `file:line: ` when the value came from a file, else empty.
+    pub location: String,
+    pub action: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Validates and compiles `actions`. `source` is the config file (path and text) they came
+/// from, for line numbers; `env` looks up signing secrets.
+pub fn compile(
+    actions: &[ActionSettings],
+    source: Option<(&Path, &str)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Vec<Action>, Templates), ConfigError> {
+    let spans = source.map(|(path, text)| Spans::parse(path, text));
+    let mut templates = Templates::default();
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for a in actions {
+        let fail = |field: &str, message: String| ConfigError {
+            location: spans
+                .as_ref()
+                .and_then(|s| s.locate(&a.name, field))
+                .unwrap_or_default(),
+            action: a.name.clone(),
+            field: field.to_string(),
+            message,
+        };
+        if a.name.trim().is_empty() {
+            return Err(fail("name", "must not be empty".into()));
+        }
+        if !names.insert(a.name.clone()) {
+            return Err(fail("name", "defined twice".into()));
+        }
+        if a.max_attempts == 0 {
+            return Err(fail("max_attempts", "must be at least 1".into()));
+        }
+        if a.rate_per_sec < 0.0 || !a.rate_per_sec.is_finite() {
+            return Err(fail("rate_per_sec", "must be 0 (off) or positive".into()));
+        }
+        if a.rate_burst == 0 {
+            return Err(fail("rate_burst", "must be at least 1".into()));
+        }
+        if a.blast_radius_max > 0 && a.blast_radius_window_ms == 0 {
+            return Err(fail("blast_radius_window_ms", "must be positive".into()));
+        }
+        let mut add = |field: &str, source: &str| -> Result<(), ConfigError> {
+            let name = format!("{}.{field}", a.name);
+            let vars = templates
+                .add(&name, source)
+                .map_err(|e| fail(field, e.to_string()))?;
+            for var in vars {
+                let root = var.split('.').next().unwrap_or(&var);
+                if !TEMPLATE_FIELDS.contains(&root) {
+                    return Err(fail(
+                        field,
+                        format!(
+                            "template reads `{var}`, but action requests have no field `{root}` (fields: {})",
+                            TEMPLATE_FIELDS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let kind = match a.kind.as_str() {
+            "http" => {
+                let method = if a.method.contains("{{") {
+                    add("method", &a.method)?;
+                    None
+                } else {
+                    Some(parse_method(&a.method).map_err(|m| fail("method", m))?)
+                };
+                check_url(&a.url).map_err(|m| fail("url", m))?;
+                add("url", &a.url)?;
+                let mut headers = Vec::new();
+                for (name, value) in &a.headers {
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| fail("headers", format!("`{name}` is not a header name")))?;
+                    add(&format!("header.{name}"), value)?;
+                    headers.push(name.clone());
+                }
+                if let Some(body) = &a.body {
+                    add("body", body)?;
+                }
+                let secret = match &a.signing_secret_env {
+                    None => None,
+                    Some(var) => {
+                        let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                            fail(
+                                "signing_secret_env",
+                                format!("environment variable `{var}` is not set"),
+                            )
+                        })?;
+                        Some(
+                            crate::sign::secret_bytes(&value)
+                                .map_err(|m| fail("signing_secret_env", format!("`{var}`: {m}")))?,
+                        )
+                    }
+                };
+                Kind::Http {
+                    method,
+                    headers,
+                    secret,
+                }
+            }
+            "emit" => {
+                if a.topic.trim().is_empty() {
+                    return Err(fail("topic", "an `emit` action needs a topic".into()));
+                }
+                if let Some(body) = &a.body {
+                    add("body", body)?;
+                }
+                Kind::Emit {
+                    topic: a.topic.clone(),
+                }
+            }
+            "log" => {
+                if let Some(message) = &a.message {
+                    add("message", message)?;
+                }
+                Kind::Log
+            }
+            other => {
+                return Err(fail(
+                    "kind",
+                    format!("unknown kind `{other}` (expected `http`, `emit` or `log`)"),
+                ))
+            }
+        };
+        out.push(Action {
+            settings: a.clone(),
+            kind,
+            timeout: Duration::from_millis(a.timeout_ms.max(1)),
+        });
+    }
+    Ok((out, templates))
+}
+
+/// A standard HTTP method name (any case).
+pub fn parse_method(name: &str) -> Result<reqwest::Method, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    match upper.as_str() {
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => {
+            Ok(reqwest::Method::from_bytes(upper.as_bytes()).expect("standard method"))
+        }
+        _ => Err(format!(
+            "`{name}` is not an HTTP method (GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS)"
+        )),
+    }
+}
+
+/// An `http(s)` URL, checked as far as it is not templated.
+fn check_url(url: &str) -> Result<(), String> {
+    if url.trim().is_empty() {
+        return Err("an `http` action needs a url".into());
+    }
+    if url.trim_start().starts_with("{{") {
+        // Wholly templated (e.g. `{{ target }}`): checked per request.
+        return Ok(());
+    }
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(format!("`{url}` is not an http:// or https:// URL"));
+    }
+    // The static part up to the first template tag must already be a valid URL prefix.
+    let fixed = url.find("{{").or(url.find("{%")).map_or(url, |i| &url[..i]);
+    let probe = if fixed.len() < url.len() {
+        format!("{fixed}x")
+    } else {
+        fixed.to_string()
+    };
+    let parsed =
+        reqwest::Url::parse(&probe).map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
+/// Byte spans of `[[actor.action]]` fields in a config file, for line numbers.
+struct Spans<'a> {
+    path: &'a Path,
+    text: &'a str,
+    actions: Vec<BTreeMap<String, toml::Spanned<toml::Value>>>,
+}
+
+#[derive(Deserialize, Default)]
+struct SpanFile {
+    #[serde(default)]
+    actor: SpanActor,
+}
+
+#[derive(Deserialize, Default)]
+struct SpanActor {
+    #[serde(default)]
+    action: Vec<BTreeMap<String, toml::Spanned<toml::Value>>>,
+}
+
+impl<'a> Spans<'a> {
+    fn parse(path: &'a Path, text: &'a str) -> Self {
+        let actions = toml::from_str::<SpanFile>(text)
+            .map(|f| f.actor.action)
+            .unwrap_or_default();
+        Self {
+            path,
+            text,
+            actions,
+        }
+    }
+
+    /// `file:line: ` of `field` (or of a `header.<name>` entry, or of the action's name when the
+    /// field is absent) in the action named `name`.
+    fn locate(&self, name: &str, field: &str) -> Option<String> {
+        let table = self
+            .actions
+            .iter()
+            .find(|t| t.get("name").and_then(|v| v.get_ref().as_str()) == Some(name))?;
+        let top = field.split('.').next().unwrap_or(field);
+        let top = if top == "header" { "headers" } else { top };
+        let span = table.get(top).or_else(|| table.get("name"))?.span();
+        Some(format!(
+            "{}:{}: ",
+            self.path.display(),
+            reflex_core::line_of(self.text, span.start)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Vec<ActionSettings> {
+        #[derive(Deserialize)]
+        struct F {
+            actor: A,
+        }
+        #[derive(Deserialize)]
+        struct A {
+            action: Vec<ActionSettings>,
+        }
+        toml::from_str::<F>(text).unwrap().actor.action
+    }
+
+    fn compile_text(text: &str) -> Result<(Vec<Action>, Templates), ConfigError> {
+        compile(&parse(text), Some((Path::new("actor.toml"), text)), &|v| {
+            (v == "SECRET").then(|| "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string())
+        })
+    }
+
+    #[test]
+    fn valid_actions_compile() {
+        let (actions, templates) = compile_text(
+            r#"
+[[actor.action]]
+name = "restart"
+kind = "http"
+url = "http://gw/pods/{{ params.pod }}/restart"
+headers = { x-owner = "{{ context.owner }}" }
+body = '{"pod": "{{ params.pod }}"}'
+signing_secret_env = "SECRET"
+
+[[actor.action]]
+name = "chain"
+kind = "emit"
+topic = "reflex.events.chained"
+
+[[actor.action]]
+name = "note"
+kind = "log"
+message = "would restart {{ target }}"
+
+[[actor.action]]
+name = "bound-by-enricher"
+kind = "http"
+method = "{{ params.method }}"
+url = "{{ target }}"
+"#,
+        )
+        .unwrap();
+        assert_eq!(actions.len(), 4);
+        assert!(matches!(&actions[3].kind, Kind::Http { method: None, .. }));
+        assert!(
+            matches!(&actions[0].kind, Kind::Http { secret: Some(_), headers, .. } if headers == &["x-owner"])
+        );
+        let ctx = serde_json::json!({"params": {"pod": "p1"}, "context": {"owner": "a"}});
+        assert_eq!(
+            templates.render("restart.url", &ctx).unwrap(),
+            "http://gw/pods/p1/restart"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_action_and_field() {
+        let base = "[actor]\n\n[[actor.action]]\nname = \"a\"\n";
+        let cases = [
+            ("kind = \"ftp\"\n", 5, "kind", "unknown kind `ftp`"),
+            (
+                "kind = \"http\"\nurl = \"http://x/{{ payload.pod }}\"\n",
+                6,
+                "url",
+                "no field `payload`",
+            ),
+            (
+                "kind = \"http\"\nurl = \"ftp://x/\"\n",
+                6,
+                "url",
+                "not an http",
+            ),
+            (
+                "kind = \"http\"\nurl = \"http://bad host/{{ target }}\"\n",
+                6,
+                "url",
+                "not a valid URL",
+            ),
+            (
+                "kind = \"http\"\nurl = \"http://x/\"\nbody = \"{{ params.pod \"\n",
+                7,
+                "body",
+                "syntax error",
+            ),
+            (
+                "kind = \"http\"\nurl = \"http://x/\"\nsigning_secret_env = \"NOPE\"\n",
+                7,
+                "signing_secret_env",
+                "`NOPE` is not set",
+            ),
+            ("kind = \"emit\"\n", 4, "topic", "needs a topic"),
+            (
+                "kind = \"http\"\nmethod = \"G T\"\nurl = \"http://x/\"\n",
+                6,
+                "method",
+                "not an HTTP method",
+            ),
+        ];
+        for (tail, line, field, message) in cases {
+            let text = format!("{base}{tail}");
+            let Err(e) = compile_text(&text) else {
+                panic!("{tail} compiled")
+            };
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.location, format!("actor.toml:{line}: "), "{e}");
+            assert!(e.to_string().contains(message), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("actor.toml:{line}: action `a` field `{field}`")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../actor.example.toml");
+        let (actions, _) = compile(
+            &parse(text),
+            Some((Path::new("actor.example.toml"), text)),
+            &|_| Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        )
+        .unwrap();
+        assert!(actions.iter().any(|a| a.settings.name == "restart-pod"));
+    }
+}

@@ -1,0 +1,891 @@
+//! The actor: executes `ActionRequest`s from `reflex.actions.requests` exactly once in effect,
+//! behind guardrails, and writes an `ActionOutcome` per attempt to `reflex.actions.outcomes`.
+//!
+//! **Actions** are configured as `[[actor.action]]` tables keyed by the request's `action`
+//! name ([`config`]): `http` (method, URL, headers and body are strict templates over the
+//! request's fields, `Idempotency-Key` is the request's key, optional Standard Webhooks
+//! signature), `emit` (an extra output record to a topic with CloudEvents headers:
+//! `ce_causationid` = the request's event id, `ce_correlationid` kept, `reflex-hops` + 1) and
+//! `log`. The configured kind decides; the request's `kind` is informational. An unknown action
+//! is a permanent error (dead letter). Bad configuration fails start-up naming file, line,
+//! action and field.
+//!
+//! **Exactly once in effect** ([`store`]): per idempotency key a two-phase Redis claim,
+//! `SET <prefix>:claim:<key> <owner> NX PX <lease>` → execute → one Lua script records
+//! `<prefix>:done:<key>` = the outcome (JSON, long TTL) and deletes the claim. A done key
+//! short-circuits to `DUPLICATE_SUPPRESSED` (counted in `reflex_dedup_hits_total`); a key held by
+//! another live owner is polled until done or until its lease expires (the owner renews it while
+//! it works), then claimed and retried. A crashed owner's lease expires and another replica
+//! retries with the same `Idempotency-Key`, which the target must honour. After a failure the
+//! claim is released without a done record, so a replay may try again. For `emit`, a duplicate
+//! re-emits the same record (same `ce_id`): the effect is produced by the runtime after the
+//! claim is marked done, so re-emitting keeps it at least once and downstream dedups by `ce_id`.
+//!
+//! **Attempts and outcomes.** Transient HTTP failures (5xx, 408, 425, 429, timeouts, connection
+//! errors) are retried inside the stage with backoff up to the action's `max_attempts`; other
+//! 4xx are permanent and not retried. Every attempt yields one outcome; the last one carries the
+//! header `reflex-final: true`. A failed action ends with a `FAILED` final outcome (its
+//! `error_class` is `transient` or `permanent`) and the event is finished: one consistent rule,
+//! no dead letter for failed effects (the outcome topic is the record and the replay source).
+//! Requests that cannot be executed at all (undecodable, unknown action, a template that fails
+//! on this request, too many hops) are dead-lettered by the runtime with the reason.
+//!
+//! **Guardrails**, per action, all visible in metrics:
+//! - fleet-wide rate limit (GCRA in Redis, `rate_per_sec`/`rate_burst`): each attempt reserves
+//!   its slot in the fleet's schedule with one script call and the stage waits for it
+//!   (`reflex_rate_limited_total`);
+//! - `max_concurrency`: a semaphore per action in each replica;
+//! - a circuit breaker per target ([`breaker`], `reflex_breaker_state`): while it is open the
+//!   stage **waits** instead of failing the event. Waiting events stay in flight, so when
+//!   `runtime.max_in_flight` is reached the runtime pauses the partitions: this is how the
+//!   actor "pauses the affected partitions rather than failing events" within the `Stage`
+//!   contract (all assigned partitions pause, not only the target's);
+//! - a kill switch: `actor.kill_switch`, or the Redis keys `<prefix>:killswitch` (all actions)
+//!   and `<prefix>:killswitch:<action>`, read every `kill_switch_poll_ms`; while on, no new
+//!   action starts and the events wait (`reflex_kill_switch_on`);
+//! - dry-run / shadow mode (`actor.dry_run`, the action's `dry_run` or the request's): outcome
+//!   `DRY_RUN`, the would-be call logged, no effect, no claim;
+//! - a blast-radius cap (`blast_radius_max` per `blast_radius_window_ms`, counted in Redis):
+//!   above it the request is parked (outcome `PARKED`, the original record on
+//!   `actor.parked_topic`, a warn log line, `reflex_blast_radius_parked_total`), not executed.
+//!
+//! **Loop prevention**: requests whose `reflex-hops` exceeds `actor.max_hops` are dead-lettered.
+
+pub mod breaker;
+pub mod config;
+pub mod sign;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reflex_core::actions::{
+    ActionOutcome, ActionRequest, ActionResult, AvroCodec, ACTION_OUTCOME_SCHEMA,
+};
+use reflex_core::headers::{ce, reflex as rh, trace};
+use reflex_core::registry::RegistryClient;
+use reflex_core::template::Templates;
+use reflex_core::wire::decode_frame;
+use reflex_core::{metrics as m, ErrorClass, Headers};
+use reflex_runtime::{Event, Output, Stage, StageError};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::breaker::Breakers;
+use crate::config::{Action, Kind};
+pub use crate::config::{ActorConfig, ActorSettings, ACTOR_DEFAULTS};
+use crate::store::{Claim, Store};
+
+/// The config used when none is given (relative to the working directory, as in the repo).
+pub const EXAMPLE_CONFIG: &str = "crates/actor/actor.example.toml";
+/// Header on the last outcome record of a request: `true` when nothing more will follow.
+pub const FINAL_HEADER: &str = "reflex-final";
+/// Header on parked records: why the request was parked.
+pub const PARKED_REASON_HEADER: &str = "reflex-parked-reason";
+/// `ce_type` of outcome records.
+pub const OUTCOME_TYPE: &str = "dev.reflex.action.outcome";
+
+/// Why the actor cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot read config file {path}: {error}")]
+    File { path: String, error: std::io::Error },
+    #[error("cannot connect to Redis at {url}: {error}")]
+    Redis {
+        url: String,
+        error: redis::RedisError,
+    },
+    #[error("cannot register the outcome schema under {subject}: {error}")]
+    Registry { subject: String, error: String },
+}
+
+/// The actor stage.
+pub struct Actor {
+    worker: String,
+    settings: ActorSettings,
+    actions: HashMap<String, Arc<Action>>,
+    semaphores: HashMap<String, Arc<Semaphore>>,
+    templates: Templates,
+    registry: RegistryClient,
+    outcomes: AvroCodec<ActionOutcome>,
+    store: Store,
+    http: reqwest::Client,
+    breakers: Breakers,
+    kill: Arc<KillSwitch>,
+}
+
+/// Kill-switch state, refreshed from Redis by a background task.
+#[derive(Default)]
+pub struct KillSwitch {
+    config: bool,
+    global: AtomicBool,
+    per_action: HashMap<String, AtomicBool>,
+}
+
+impl KillSwitch {
+    fn on(&self, action: &str) -> bool {
+        self.config
+            || self.global.load(Ordering::Acquire)
+            || self
+                .per_action
+                .get(action)
+                .is_some_and(|b| b.load(Ordering::Acquire))
+    }
+}
+
+enum Effect {
+    Ok(Option<i32>),
+    Permanent(Option<i32>, String),
+    Transient(Option<i32>, String),
+}
+
+impl Actor {
+    /// Validates the actions (with line numbers from `config_file`), connects to Redis,
+    /// registers the outcome schema and starts the kill-switch poller.
+    pub async fn start(
+        config: &ActorConfig,
+        config_file: Option<&Path>,
+        stage_worker_id: &str,
+    ) -> Result<Self, StartError> {
+        let text = match config_file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|error| StartError::File {
+                        path: path.display().to_string(),
+                        error,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let source = config_file.zip(text.as_deref());
+        let (actions, templates) =
+            config::compile(&config.actor.action, source, &|v| std::env::var(v).ok())?;
+        let settings = config.actor.clone();
+        let store = Store::connect(&settings.redis_url, &settings.redis_prefix)
+            .await
+            .map_err(|error| StartError::Redis {
+                url: settings.redis_url.clone(),
+                error,
+            })?;
+        let registry = config.registry.client();
+        let subject = format!("{}-value", settings.outcomes_topic);
+        let id = registry
+            .register(&subject, ACTION_OUTCOME_SCHEMA)
+            .await
+            .map_err(|e| StartError::Registry {
+                subject: subject.clone(),
+                error: e.to_string(),
+            })?;
+        let outcomes =
+            AvroCodec::new(id, ACTION_OUTCOME_SCHEMA).map_err(|e| StartError::Registry {
+                subject,
+                error: e.to_string(),
+            })?;
+        let worker = if stage_worker_id.is_empty() {
+            format!("actor-{}", std::process::id())
+        } else {
+            stage_worker_id.to_string()
+        };
+        let kill = Arc::new(KillSwitch {
+            config: settings.kill_switch,
+            global: AtomicBool::new(false),
+            per_action: actions
+                .iter()
+                .map(|a| (a.settings.name.clone(), AtomicBool::new(false)))
+                .collect(),
+        });
+        metrics::gauge!(m::KILL_SWITCH).set(if settings.kill_switch { 1.0 } else { 0.0 });
+        if settings.kill_switch {
+            warn!("actor.kill_switch is on: no action will be executed until it is turned off");
+        }
+        tokio::spawn(poll_kill_switch(
+            store.clone(),
+            kill.clone(),
+            Duration::from_millis(settings.kill_switch_poll_ms.clamp(50, 500)),
+        ));
+        info!(
+            worker = %worker,
+            actions = ?actions.iter().map(|a| a.settings.name.as_str()).collect::<Vec<_>>(),
+            outcomes_topic = %settings.outcomes_topic, outcome_schema_id = id,
+            "actor ready"
+        );
+        Ok(Self {
+            semaphores: actions
+                .iter()
+                .filter(|a| a.settings.max_concurrency > 0)
+                .map(|a| {
+                    (
+                        a.settings.name.clone(),
+                        Arc::new(Semaphore::new(a.settings.max_concurrency)),
+                    )
+                })
+                .collect(),
+            actions: actions
+                .into_iter()
+                .map(|a| (a.settings.name.clone(), Arc::new(a)))
+                .collect(),
+            worker,
+            settings,
+            templates,
+            registry,
+            outcomes,
+            store,
+            http: reqwest::Client::new(),
+            breakers: Breakers::default(),
+            kill,
+        })
+    }
+
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
+    fn decode(
+        &self,
+        event: &Event,
+    ) -> impl std::future::Future<Output = Result<ActionRequest, StageError>> + Send + '_ {
+        let payload = event.payload.clone();
+        async move {
+            let value = payload.ok_or_else(|| {
+                StageError::poison("record has no value (tombstone): expected an ActionRequest in Confluent wire format")
+            })?;
+            let framed = decode_frame(&value).map_err(|e| StageError::poison(e.to_string()))?;
+            let schema = self
+                .registry
+                .schema_by_id(framed.schema_id)
+                .await
+                .map_err(|e| StageError::new(e.class(), e.to_string()))?;
+            AvroCodec::<ActionRequest>::decode_with(&schema.fast, &value).map_err(|e| {
+                StageError::poison(format!(
+                    "value does not decode as an ActionRequest with its schema id {}: {e}",
+                    framed.schema_id
+                ))
+            })
+        }
+    }
+
+    fn render(
+        &self,
+        action: &Action,
+        field: &str,
+        req: &ActionRequest,
+    ) -> Result<String, StageError> {
+        self.templates
+            .render(&action.template_name(field), req)
+            .map_err(|e| {
+                StageError::permanent(format!(
+                    "action `{}` field `{field}` cannot be rendered for this request: {e}",
+                    action.settings.name
+                ))
+            })
+    }
+
+    fn body(&self, action: &Action, req: &ActionRequest) -> Result<String, StageError> {
+        match action.settings.body {
+            Some(_) => self.render(action, "body", req),
+            None => Ok(req.body.clone().unwrap_or_default()),
+        }
+    }
+
+    /// Breaker scope: the request's target (its `host:port` when it is a URL, as the enricher
+    /// binds it), else the called URL's `host:port`.
+    fn breaker_key(req: &ActionRequest, url: &str) -> String {
+        let host = |u: &str| {
+            reqwest::Url::parse(u).ok().and_then(|u| {
+                let host = u.host_str()?.to_string();
+                Some(match u.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                })
+            })
+        };
+        if !req.target.is_empty() {
+            return host(&req.target).unwrap_or_else(|| req.target.clone());
+        }
+        host(url).unwrap_or_else(|| url.to_string())
+    }
+
+    fn outcome(
+        &self,
+        req: &ActionRequest,
+        result: ActionResult,
+        attempt: u32,
+        started: (i64, Instant),
+    ) -> ActionOutcome {
+        ActionOutcome {
+            idempotency_key: req.idempotency_key.clone(),
+            action: req.action.clone(),
+            target: req.target.clone(),
+            event_id: req.event_id.clone(),
+            correlation_id: req.correlation_id.clone(),
+            rule: req.rule.clone(),
+            result,
+            attempt: attempt as i32,
+            dry_run: result == ActionResult::DryRun,
+            status_code: None,
+            error_class: None,
+            error: None,
+            worker: self.worker.clone(),
+            started_at: started.0,
+            duration_ms: started.1.elapsed().as_millis() as i64,
+        }
+    }
+
+    fn outcome_output(
+        &self,
+        outcome: &ActionOutcome,
+        event: &Event,
+        last: bool,
+    ) -> Result<Output, StageError> {
+        metrics::counter!(m::ACTIONS, "action" => outcome.action.clone(), "result" => outcome.result.as_str())
+            .increment(1);
+        if last && outcome.result == ActionResult::Succeeded {
+            if let Some(seconds) = event
+                .headers
+                .get_str(ce::TIME)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| {
+                    (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64
+                        / 1000.0
+                })
+            {
+                metrics::histogram!(m::ACTION_LATENCY_SECONDS, "action" => outcome.action.clone())
+                    .record(seconds.max(0.0));
+            }
+        }
+        let payload = self
+            .outcomes
+            .encode(outcome)
+            .map_err(|e| StageError::permanent(format!("cannot encode the outcome: {e}")))?;
+        let mut headers = Headers::new();
+        headers.push(ce::SPECVERSION, ce::SPEC_VERSION_1_0);
+        headers.push(
+            ce::ID,
+            format!(
+                "{}#{}@{}",
+                outcome.idempotency_key,
+                outcome.attempt,
+                store::owner_token(&self.worker)
+            ),
+        );
+        headers.push(ce::SOURCE, format!("reflex-actor/{}", self.worker));
+        headers.push(ce::TYPE, OUTCOME_TYPE);
+        headers.push(ce::CAUSATION_ID, outcome.event_id.clone());
+        headers.push(ce::CORRELATION_ID, outcome.correlation_id.clone());
+        headers.push(ce::CONTENT_TYPE, ce::AVRO_CONTENT_TYPE);
+        headers.push(FINAL_HEADER, if last { "true" } else { "false" });
+        if let Some(tp) = event.headers.get(trace::TRACEPARENT) {
+            headers.push(trace::TRACEPARENT, tp.to_vec());
+        }
+        Ok(Output {
+            topic: self.settings.outcomes_topic.clone(),
+            key: Some(Bytes::from(outcome.idempotency_key.clone())),
+            payload: Some(Bytes::from(payload)),
+            headers,
+        })
+    }
+
+    /// The event an `emit` action produces (deterministic: the same request, the same record).
+    fn emitted(
+        &self,
+        action: &Action,
+        topic: &str,
+        req: &ActionRequest,
+        event: &Event,
+    ) -> Result<Output, StageError> {
+        let body = self.body(action, req)?;
+        let mut headers = Headers::new();
+        headers.push(ce::SPECVERSION, ce::SPEC_VERSION_1_0);
+        headers.push(ce::ID, req.idempotency_key.clone());
+        headers.push(ce::SOURCE, "reflex-actor");
+        headers.push(ce::TYPE, action.settings.event_type.clone());
+        headers.push(ce::CAUSATION_ID, req.event_id.clone());
+        let correlation = event
+            .headers
+            .get_str(ce::CORRELATION_ID)
+            .map(str::to_string)
+            .unwrap_or_else(|| req.correlation_id.clone());
+        headers.push(ce::CORRELATION_ID, correlation);
+        headers.push(ce::CONTENT_TYPE, action.settings.content_type.clone());
+        headers.push(rh::HOPS, (event.headers.hops() + 1).to_string());
+        for key in [trace::TRACEPARENT, trace::TRACESTATE, rh::RULES_VISITED] {
+            if let Some(v) = event.headers.get(key) {
+                headers.push(key, v.to_vec());
+            }
+        }
+        Ok(Output {
+            topic: topic.to_string(),
+            key: event.key.clone(),
+            payload: Some(Bytes::from(body)),
+            headers,
+        })
+    }
+
+    async fn wait_kill_switch(&self, action: &str) {
+        let mut logged = false;
+        while self.kill.on(action) {
+            if !logged {
+                debug!(action, "kill switch on: holding the action");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_rate(&self, action: &Action) -> Result<(), StageError> {
+        let s = &action.settings;
+        if s.rate_per_sec <= 0.0 {
+            return Ok(());
+        }
+        match self
+            .store
+            .rate_slot(&s.name, s.rate_per_sec, s.rate_burst)
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => {
+                metrics::counter!(m::RATE_LIMITED, "action" => s.name.clone()).increment(1);
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Err(e) => Err(StageError::transient(format!("rate limit (Redis): {e}"))),
+        }
+    }
+
+    /// One HTTP attempt.
+    async fn http_call(
+        &self,
+        action: &Action,
+        req: &ActionRequest,
+        url: &str,
+        body: &str,
+    ) -> Result<Effect, StageError> {
+        let Kind::Http {
+            method,
+            headers,
+            secret,
+        } = &action.kind
+        else {
+            unreachable!("http_call on a non-http action")
+        };
+        let method = match method {
+            Some(m) => m.clone(),
+            None => match config::parse_method(&self.render(action, "method", req)?) {
+                Ok(m) => m,
+                Err(e) => {
+                    return Ok(Effect::Permanent(
+                        None,
+                        format!("action `{}` field `method`: {e}", action.settings.name),
+                    ))
+                }
+            },
+        };
+        let mut call = self
+            .http
+            .request(method.clone(), url)
+            .timeout(action.timeout)
+            .header("Idempotency-Key", &req.idempotency_key);
+        for name in headers {
+            let value = self.render(action, &format!("header.{name}"), req)?;
+            call = call.header(name.as_str(), value);
+        }
+        if let Some(key) = secret {
+            let ts = store::now_ms() / 1000;
+            call = call
+                .header(sign::WEBHOOK_ID, &req.idempotency_key)
+                .header(sign::WEBHOOK_TIMESTAMP, ts.to_string())
+                .header(
+                    sign::WEBHOOK_SIGNATURE,
+                    sign::signature(key, &req.idempotency_key, ts, body.as_bytes()),
+                );
+        }
+        Ok(match call.body(body.to_string()).send().await {
+            Ok(response) => {
+                let status = response.status();
+                let code = Some(i32::from(status.as_u16()));
+                if status.is_success() {
+                    Effect::Ok(code)
+                } else if status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429) {
+                    Effect::Transient(code, format!("{method} {url}: HTTP {status}"))
+                } else {
+                    Effect::Permanent(code, format!("{method} {url}: HTTP {status}"))
+                }
+            }
+            Err(e) if e.is_builder() => Effect::Permanent(None, format!("{method} {url}: {e}")),
+            Err(e) => Effect::Transient(None, format!("{method} {url}: {e}")),
+        })
+    }
+
+    async fn execute(
+        &self,
+        action: &Action,
+        req: &ActionRequest,
+        event: &Event,
+    ) -> Result<Vec<Output>, StageError> {
+        let started = (store::now_ms(), Instant::now());
+        let name = &action.settings.name;
+        // Render first: a request the templates cannot render is a permanent error (dead letter).
+        let (url, body) = match &action.kind {
+            Kind::Http { .. } => (self.render(action, "url", req)?, self.body(action, req)?),
+            Kind::Emit { topic } => (topic.clone(), self.body(action, req)?),
+            Kind::Log => (
+                String::new(),
+                match action.settings.message {
+                    Some(_) => self.render(action, "message", req)?,
+                    None => format!("action {name} on {} for event {}", req.target, req.event_id),
+                },
+            ),
+        };
+
+        if req.dry_run || action.settings.dry_run || self.settings.dry_run {
+            let what = match &action.kind {
+                Kind::Http { method, .. } => {
+                    let method = match method {
+                        Some(m) => m.to_string(),
+                        None => self.render(action, "method", req)?,
+                    };
+                    format!("{method} {url} ({} body bytes)", body.len())
+                }
+                Kind::Emit { topic } => format!("emit {} bytes to {topic}", body.len()),
+                Kind::Log => format!("log: {body}"),
+            };
+            info!(action = %name, idempotency_key = %req.idempotency_key, would = %what, "dry run: no effect");
+            let mut o = self.outcome(req, ActionResult::DryRun, 1, started);
+            o.error = Some(format!("dry run, would: {what}"));
+            return Ok(vec![self.outcome_output(&o, event, true)?]);
+        }
+
+        // No new claim while the kill switch is on (the event waits; nothing is lost).
+        self.wait_kill_switch(name).await;
+
+        // Phase one: claim the key (or find it done, or wait for its live owner).
+        let owner = store::owner_token(&self.worker);
+        let lease = Duration::from_millis(self.settings.claim_lease_ms.max(100));
+        loop {
+            match self.store.claim(&req.idempotency_key, &owner, lease).await {
+                Ok(Claim::Claimed) => break,
+                Ok(Claim::Done(recorded)) => {
+                    metrics::counter!(m::DEDUP_HITS, "action" => name.clone()).increment(1);
+                    let recorded: Option<ActionOutcome> = serde_json::from_str(&recorded).ok();
+                    let mut o = self.outcome(req, ActionResult::DuplicateSuppressed, 1, started);
+                    if let Some(r) = &recorded {
+                        o.status_code = r.status_code;
+                        o.error = Some(format!(
+                            "already {} by {} at {} (attempt {})",
+                            r.result.as_str(),
+                            r.worker,
+                            r.started_at,
+                            r.attempt
+                        ));
+                    }
+                    debug!(action = %name, idempotency_key = %req.idempotency_key, "duplicate suppressed");
+                    let mut out = Vec::new();
+                    if let Kind::Emit { topic } = &action.kind {
+                        out.push(self.emitted(action, topic, req, event)?);
+                    }
+                    out.push(self.outcome_output(&o, event, true)?);
+                    return Ok(out);
+                }
+                Ok(Claim::Busy(holder)) => {
+                    debug!(action = %name, idempotency_key = %req.idempotency_key, holder = %holder, "claimed by another owner: waiting");
+                    tokio::time::sleep(Duration::from_millis(self.settings.claim_poll_ms.max(10)))
+                        .await;
+                }
+                Err(e) => {
+                    return Err(StageError::transient(format!(
+                        "idempotency claim (Redis): {e}"
+                    )))
+                }
+            }
+        }
+        // Keep the lease while we work; a crash stops the renewals and the lease expires.
+        let renewal = {
+            let store = self.store.clone();
+            let key = req.idempotency_key.clone();
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match store.renew(&key, &owner, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!(idempotency_key = %key, "idempotency claim lost while working (lease expired): another replica may retry; the target dedups by Idempotency-Key");
+                            return;
+                        }
+                        Err(e) => warn!(idempotency_key = %key, error = %e, "claim renewal failed"),
+                    }
+                }
+            })
+        };
+        let result = self
+            .execute_claimed(action, req, event, &owner, &url, &body, started)
+            .await;
+        renewal.abort();
+        if result.is_err() {
+            let _ = self.store.release(&req.idempotency_key, &owner).await;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_claimed(
+        &self,
+        action: &Action,
+        req: &ActionRequest,
+        event: &Event,
+        owner: &str,
+        url: &str,
+        body: &str,
+        started: (i64, Instant),
+    ) -> Result<Vec<Output>, StageError> {
+        let s = &action.settings;
+        let name = &s.name;
+        let key = &req.idempotency_key;
+
+        // Blast-radius cap: park instead of acting.
+        if s.blast_radius_max > 0 {
+            let count = self
+                .store
+                .blast_count(name, Duration::from_millis(s.blast_radius_window_ms))
+                .await
+                .map_err(|e| StageError::transient(format!("blast-radius counter (Redis): {e}")))?;
+            if count > s.blast_radius_max {
+                let reason = format!(
+                    "blast-radius cap: {count} executions of `{name}` in the current {} ms window (limit {})",
+                    s.blast_radius_window_ms, s.blast_radius_max
+                );
+                warn!(action = %name, idempotency_key = %key, target = %req.target, parked_topic = %self.settings.parked_topic, reason = %reason, "action parked");
+                metrics::counter!(m::BLAST_RADIUS_PARKED, "action" => name.clone()).increment(1);
+                let _ = self.store.release(key, owner).await;
+                let mut headers = event.headers.clone();
+                headers.set(PARKED_REASON_HEADER, reason.clone());
+                let mut o = self.outcome(req, ActionResult::Parked, 1, started);
+                o.error = Some(reason);
+                return Ok(vec![
+                    Output {
+                        topic: self.settings.parked_topic.clone(),
+                        key: event.key.clone(),
+                        payload: event.payload.clone(),
+                        headers,
+                    },
+                    self.outcome_output(&o, event, true)?,
+                ]);
+            }
+        }
+
+        let mut outputs = Vec::new();
+        let breaker_key = Self::breaker_key(req, url);
+        let cooldown = Duration::from_millis(s.breaker_cooldown_ms);
+        let max_attempts = s.max_attempts.max(1);
+        for attempt in 1..=max_attempts {
+            // Guards, in order; the kill switch is checked again right before the effect.
+            let _permit = loop {
+                self.wait_kill_switch(name).await;
+                let permit = match self.semaphores.get(name) {
+                    Some(sem) => Some(
+                        sem.clone()
+                            .acquire_owned()
+                            .await
+                            .expect("semaphore never closed"),
+                    ),
+                    None => None,
+                };
+                self.wait_rate(action).await?;
+                if matches!(action.kind, Kind::Http { .. }) {
+                    self.breakers
+                        .acquire(&breaker_key, s.breaker_failures, cooldown)
+                        .await;
+                }
+                if !self.kill.on(name) {
+                    break permit;
+                }
+            };
+            let attempt_started = (store::now_ms(), Instant::now());
+            let effect = match &action.kind {
+                Kind::Http { .. } => {
+                    let effect = self.http_call(action, req, url, body).await?;
+                    self.breakers.record(
+                        &breaker_key,
+                        s.breaker_failures,
+                        cooldown,
+                        !matches!(effect, Effect::Transient(..)),
+                    );
+                    effect
+                }
+                Kind::Emit { topic } => {
+                    outputs.push(self.emitted(action, topic, req, event)?);
+                    Effect::Ok(None)
+                }
+                Kind::Log => {
+                    info!(action = %name, idempotency_key = %key, target = %req.target, event_id = %req.event_id, message = %body, "log action");
+                    Effect::Ok(None)
+                }
+            };
+            match effect {
+                Effect::Ok(status) => {
+                    let mut o =
+                        self.outcome(req, ActionResult::Succeeded, attempt, attempt_started);
+                    o.status_code = status;
+                    let json = serde_json::to_string(&o).expect("outcomes serialize");
+                    self.store
+                        .done(
+                            key,
+                            owner,
+                            &json,
+                            Duration::from_millis(self.settings.done_ttl_ms),
+                        )
+                        .await
+                        .map_err(|e| {
+                            // The effect happened but is not recorded: the claim is released and
+                            // the runtime's retry repeats the call with the same Idempotency-Key.
+                            StageError::transient(format!("recording the outcome (Redis): {e}"))
+                        })?;
+                    outputs.push(self.outcome_output(&o, event, true)?);
+                    return Ok(outputs);
+                }
+                Effect::Permanent(status, error) => {
+                    let mut o = self.outcome(req, ActionResult::Failed, attempt, attempt_started);
+                    o.status_code = status;
+                    o.error_class = Some(ErrorClass::Permanent.as_str().into());
+                    o.error = Some(format!("{error} (permanent: not retried)"));
+                    warn!(action = %name, idempotency_key = %key, attempt, error = %error, "action failed permanently");
+                    let _ = self.store.release(key, owner).await;
+                    outputs.push(self.outcome_output(&o, event, true)?);
+                    return Ok(outputs);
+                }
+                Effect::Transient(status, error) => {
+                    let last = attempt == max_attempts;
+                    let mut o = self.outcome(req, ActionResult::Failed, attempt, attempt_started);
+                    o.status_code = status;
+                    o.error_class = Some(ErrorClass::Transient.as_str().into());
+                    o.error = Some(if last {
+                        format!("{error} (gave up after {attempt} attempts)")
+                    } else {
+                        error.clone()
+                    });
+                    outputs.push(self.outcome_output(&o, event, last)?);
+                    if last {
+                        warn!(action = %name, idempotency_key = %key, attempts = attempt, error = %error, "action failed: attempts exhausted");
+                        let _ = self.store.release(key, owner).await;
+                        return Ok(outputs);
+                    }
+                    let backoff = Duration::from_millis(
+                        s.backoff_ms
+                            .saturating_mul(1 << (attempt - 1).min(16))
+                            .min(s.max_backoff_ms),
+                    );
+                    debug!(action = %name, idempotency_key = %key, attempt, error = %error, backoff_ms = backoff.as_millis() as u64, "attempt failed: retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+}
+
+impl Stage for Actor {
+    fn name(&self) -> &'static str {
+        "actor"
+    }
+
+    async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
+        let hops = event.headers.hops();
+        if hops > self.settings.max_hops {
+            return Err(StageError::permanent(format!(
+                "request took {hops} Reflex hops (limit actor.max_hops = {}): probably an automation loop",
+                self.settings.max_hops
+            )));
+        }
+        let req = self.decode(event).await?;
+        let Some(action) = self.actions.get(&req.action).cloned() else {
+            let mut known: Vec<&str> = self.actions.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(StageError::permanent(format!(
+                "unknown action `{}` (configured: {}): add an [[actor.action]] named `{}` or fix the binding",
+                req.action,
+                known.join(", "),
+                req.action
+            )));
+        };
+        self.execute(&action, &req, event).await
+    }
+}
+
+async fn poll_kill_switch(store: Store, kill: Arc<KillSwitch>, every: Duration) {
+    let names: Vec<String> = kill.per_action.keys().cloned().collect();
+    let mut was_on = kill.config;
+    loop {
+        match store.kill_switches(&names).await {
+            Ok(values) => {
+                kill.global
+                    .store(store::switch_on(values[0].as_deref()), Ordering::Release);
+                for (name, value) in names.iter().zip(&values[1..]) {
+                    kill.per_action[name]
+                        .store(store::switch_on(value.as_deref()), Ordering::Release);
+                }
+                let on = kill.config || values.iter().any(|v| store::switch_on(v.as_deref()));
+                if on != was_on {
+                    if on {
+                        warn!(switched = ?names.iter().zip(&values[1..]).filter(|(_, v)| store::switch_on(v.as_deref())).map(|(n, _)| n.as_str()).collect::<Vec<_>>(), global = store::switch_on(values[0].as_deref()), "kill switch on: no new actions start");
+                    } else {
+                        info!("kill switch off: actions resume");
+                    }
+                    was_on = on;
+                }
+                metrics::gauge!(m::KILL_SWITCH).set(if on { 1.0 } else { 0.0 });
+            }
+            Err(e) => warn!(error = %e, "reading the kill switch failed; keeping its last state"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Shared pieces for a `main`: the actor's config, started and run until `shutdown`.
+pub async fn run(
+    config: ActorConfig,
+    config_file: Option<&Path>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let actor = Actor::start(&config, config_file, &config.runtime.worker_id).await?;
+    reflex_runtime::run(actor, &config.kafka, &config.runtime, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_scope_is_the_target_host() {
+        let mut req = ActionRequest {
+            idempotency_key: "k".into(),
+            action: "a".into(),
+            kind: reflex_core::actions::ActionKind::Http,
+            target: "http://k8s.local:8443/api/v1/namespaces/shop/pods/p1".into(),
+            params: Default::default(),
+            body: None,
+            event_id: "e".into(),
+            event_type: "t".into(),
+            rule: None,
+            correlation_id: "c".into(),
+            context: Default::default(),
+            dry_run: false,
+            requested_at: 0,
+        };
+        assert_eq!(Actor::breaker_key(&req, "http://x/"), "k8s.local:8443");
+        req.target = "k8s-gateway".into();
+        assert_eq!(Actor::breaker_key(&req, "http://x/"), "k8s-gateway");
+        req.target.clear();
+        assert_eq!(
+            Actor::breaker_key(&req, "http://gw.local/pods/p1"),
+            "gw.local"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Everything the fleet shares through Redis: idempotency claims and done records, the
+//! fleet-wide rate limit (GCRA), blast-radius counters and the kill switch.
+//!
+//! One multiplexed [`ConnectionManager`] serves the whole worker. It is cloned into every key
+//! lane, and commands from concurrent lanes are written to the one connection without waiting
+//! for each other's replies: this is how Redis calls are pipelined across in-flight requests
+//! (a lane awaits only its own reply). Each multi-step operation is one Lua script, so it is
+//! atomic and costs one round trip.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script};
+
+/// Done? return it. Else try to claim (SET NX PX). Else report who holds the claim.
+const CLAIM: &str = r"
+local done = redis.call('GET', KEYS[2])
+if done then return {1, done} end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, ''} end
+local owner = redis.call('GET', KEYS[1])
+return {2, owner or ''}
+";
+
+/// Records the outcome and drops our claim, atomically.
+const DONE: &str = r"
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
+/// Drops our claim (after a failure: a later replay may try again).
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Extends our claim's lease; 0 when it is no longer ours.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// GCRA (virtual scheduling) on Redis time: reserves the caller's slot in the fleet-wide
+/// schedule and returns how many milliseconds to wait for it (0 = go now). One call per action,
+/// no polling: waiters do not compete again when they wake, so the rate holds under jitter.
+const RATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+local wait = tat - tolerance - now
+if wait > 0 then return math.ceil(wait) end
+return 0
+";
+
+/// Counts one execution in the current window; returns the count.
+const BLAST: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// Result of trying to claim an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// We own the key until the lease expires (or we renew it).
+    Claimed,
+    /// Already done; the recorded outcome (JSON).
+    Done(String),
+    /// Another owner holds it.
+    Busy(String),
+}
+
+/// Redis access for the actor; cheap to clone (one shared multiplexed connection).
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl Store {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url)?;
+        // Reconnects after start-up; a command waits at most 5 s (then the event is retried as
+        // transient). The default backoff factor (100) waits 100 s between retries in this
+        // version (it multiplies a 1 s base), so set it explicitly.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_factor(2)
+            .set_max_delay(2000)
+            .set_number_of_retries(2)
+            .set_connection_timeout(Duration::from_secs(3))
+            .set_response_timeout(Duration::from_secs(5));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.prefix)
+    }
+
+    pub async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, RedisError> {
+        let (code, value): (i64, String) = Script::new(CLAIM)
+            .key(self.key("claim", key))
+            .key(self.key("done", key))
+            .arg(owner)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match code {
+            0 => Claim::Claimed,
+            1 => Claim::Done(value),
+            _ => Claim::Busy(value),
+        })
+    }
+
+    pub async fn done(
+        &self,
+        key: &str,
+        owner: &str,
+        outcome_json: &str,
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let _: i64 = Script::new(DONE)
+            .key(self.key("claim", key))
+            .key(self.key("done", key))
+            .arg(owner)
+            .arg(outcome_json)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn release(&self, key: &str, owner: &str) -> Result<bool, RedisError> {
+        let n: i64 = Script::new(RELEASE)
+            .key(self.key("claim", key))
+            .arg(owner)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, RedisError> {
+        let n: i64 = Script::new(RENEW)
+            .key(self.key("claim", key))
+            .arg(owner)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Reserves the next slot of `action`'s fleet-wide rate; returns how long to wait for it
+    /// (`None`: now). The slot is ours: after the wait, go without asking again.
+    pub async fn rate_slot(
+        &self,
+        action: &str,
+        per_sec: f64,
+        burst: u32,
+    ) -> Result<Option<Duration>, RedisError> {
+        let interval = 1000.0 / per_sec;
+        let tolerance = interval * f64::from(burst.saturating_sub(1));
+        let wait: i64 = Script::new(RATE)
+            .key(self.key("rate", action))
+            .arg(format!("{interval:.3}"))
+            .arg(format!("{tolerance:.3}"))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
+    }
+
+    /// Counts an execution of `action` in the current blast-radius window; returns the count.
+    pub async fn blast_count(&self, action: &str, window: Duration) -> Result<u64, RedisError> {
+        let window_ms = window.as_millis().max(1) as u64;
+        let index = now_ms() as u64 / window_ms;
+        let n: u64 = Script::new(BLAST)
+            .key(self.key("blast", &format!("{action}:{index}")))
+            .arg(window_ms * 2)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n)
+    }
+
+    /// Values of the global and per-action kill-switch keys (`None` when absent).
+    pub async fn kill_switches(
+        &self,
+        actions: &[String],
+    ) -> Result<Vec<Option<String>>, RedisError> {
+        let mut keys = vec![format!("{}:killswitch", self.prefix)];
+        keys.extend(actions.iter().map(|a| self.key("killswitch", a)));
+        let mut cmd = redis::cmd("MGET");
+        for k in &keys {
+            cmd.arg(k);
+        }
+        cmd.query_async(&mut self.conn.clone()).await
+    }
+}
+
+/// Whether a kill-switch key's value means "on" (present and not `0`, `off`, `false` or empty).
+pub fn switch_on(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "off" | "false"
+        )
+    })
+}
+
+/// A claim owner token unique to this process and call.
+pub fn owner_token(worker: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{worker}/{}/{}/{}",
+        std::process::id(),
+        now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stack's Redis (`REFLEX_TEST_REDIS_URL`); these tests skip without it.
+    async fn store() -> Option<Store> {
+        let url = std::env::var("REFLEX_TEST_REDIS_URL").ok()?;
+        let prefix = format!("test-{}-{}", std::process::id(), now_ms());
+        Some(Store::connect(&url, &prefix).await.expect("redis"))
+    }
+
+    #[tokio::test]
+    async fn claim_done_release_and_lease_expiry() {
+        let Some(s) = store().await else {
+            eprintln!("REFLEX_TEST_REDIS_URL not set: skipped (scripts/test sets it)");
+            return;
+        };
+        let lease = Duration::from_millis(300);
+        assert_eq!(s.claim("k", "a", lease).await.unwrap(), Claim::Claimed);
+        assert_eq!(
+            s.claim("k", "b", lease).await.unwrap(),
+            Claim::Busy("a".into())
+        );
+        assert!(s.renew("k", "a", lease).await.unwrap());
+        assert!(!s.renew("k", "b", lease).await.unwrap());
+        s.done("k", "a", "{\"r\":1}", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.claim("k", "b", lease).await.unwrap(),
+            Claim::Done("{\"r\":1}".into())
+        );
+
+        // Released: someone else may claim. A dead owner's claim expires with its lease.
+        assert_eq!(s.claim("k2", "a", lease).await.unwrap(), Claim::Claimed);
+        assert!(!s.release("k2", "b").await.unwrap());
+        assert!(s.release("k2", "a").await.unwrap());
+        assert_eq!(s.claim("k2", "b", lease).await.unwrap(), Claim::Claimed);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(s.claim("k2", "c", lease).await.unwrap(), Claim::Claimed);
+    }
+
+    #[tokio::test]
+    async fn gcra_paces_and_blast_counts() {
+        let Some(s) = store().await else {
+            return;
+        };
+        // 20/s, burst 2: two at once, then one every 50 ms.
+        assert_eq!(s.rate_slot("a", 20.0, 2).await.unwrap(), None);
+        assert_eq!(s.rate_slot("a", 20.0, 2).await.unwrap(), None);
+        let wait = s.rate_slot("a", 20.0, 2).await.unwrap().expect("must wait");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        let window = Duration::from_secs(60);
+        assert_eq!(s.blast_count("a", window).await.unwrap(), 1);
+        assert_eq!(s.blast_count("a", window).await.unwrap(), 2);
+        assert_eq!(
+            s.kill_switches(&["a".into()]).await.unwrap(),
+            vec![None, None]
+        );
+        assert!(switch_on(Some("1")) && switch_on(Some("on")));
+        assert!(!switch_on(Some("off")) && !switch_on(None) && !switch_on(Some("0")));
+    }
+}

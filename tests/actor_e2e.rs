@@ -1,0 +1,883 @@
+//! The actor end to end: a real broker, Redis and registry, the actor binary as separate
+//! processes, and an HTTP target (axum) that, like a real API honouring `Idempotency-Key`,
+//! counts requests per key and applies the effect only once per key.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Router;
+use common::*;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+use reflex_core::actions::{
+    ActionKind, ActionOutcome, ActionRequest, ActionResult, AvroCodec, ACTION_OUTCOME_SCHEMA,
+    ACTION_REQUEST_SCHEMA,
+};
+use reflex_testkit::{
+    ce_headers, create_topics, header_str, producer, read_topic, read_topic_until, stack, unique,
+    Stack,
+};
+
+// ---------------------------------------------------------------- the HTTP target
+
+#[derive(Default)]
+struct Target {
+    /// Idempotency-Key → (requests seen, effects applied).
+    keys: Mutex<HashMap<String, (u32, u32)>>,
+    /// When each effect was applied.
+    effects: Mutex<Vec<Instant>>,
+    requests: AtomicU64,
+    unavailable: AtomicBool,
+    latency_ms: AtomicU64,
+    /// Idempotency-Key → (webhook-id, webhook-timestamp, webhook-signature, body) when signed.
+    signed: Mutex<HashMap<String, (String, String, String, String)>>,
+}
+
+impl Target {
+    async fn start() -> (Arc<Target>, SocketAddr) {
+        let target = Arc::new(Target::default());
+        let app = Router::new()
+            .route("/act/{pod}", axum::routing::post(handle))
+            .with_state(target.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (target, addr)
+    }
+
+    fn effects(&self) -> usize {
+        self.effects.lock().unwrap().len()
+    }
+
+    fn snapshot(&self) -> HashMap<String, (u32, u32)> {
+        self.keys.lock().unwrap().clone()
+    }
+}
+
+async fn handle(State(t): State<Arc<Target>>, headers: HeaderMap, body: String) -> StatusCode {
+    t.requests.fetch_add(1, Ordering::Relaxed);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let Some(key) = header("idempotency-key") else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if let (Some(id), Some(ts), Some(sig)) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) {
+        t.signed
+            .lock()
+            .unwrap()
+            .insert(key.clone(), (id, ts, sig, body));
+    }
+    {
+        let mut keys = t.keys.lock().unwrap();
+        let entry = keys.entry(key).or_default();
+        entry.0 += 1;
+        if t.unavailable.load(Ordering::Relaxed) {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        if entry.1 == 0 {
+            // First time for this key: apply the effect. Later requests replay the response.
+            entry.1 = 1;
+            t.effects.lock().unwrap().push(Instant::now());
+        }
+    }
+    // The effect is applied before the response: a caller that dies now never learns it (F6).
+    let latency = t.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    StatusCode::OK
+}
+
+// ---------------------------------------------------------------- requests and outcomes
+
+struct Topics {
+    input: String,
+    outcomes: String,
+    parked: String,
+    dlq: String,
+}
+
+async fn topics(stack: &Stack, partitions: i32) -> Topics {
+    let t = Topics {
+        input: unique("requests"),
+        outcomes: unique("outcomes"),
+        parked: unique("parked"),
+        dlq: String::new(),
+    };
+    let t = Topics {
+        dlq: format!("{}.dlq", t.input),
+        ..t
+    };
+    create_topics(
+        &stack.bootstrap,
+        &[
+            (&t.input, partitions),
+            (&t.outcomes, 3),
+            (&t.parked, 1),
+            (&t.dlq, 1),
+        ],
+    )
+    .await;
+    t
+}
+
+/// Writes the actor's config: `[actor]` settings plus the `restart` HTTP action against `addr`
+/// with `action_extra` TOML lines.
+fn write_config(
+    prefix: &str,
+    t: &Topics,
+    addr: SocketAddr,
+    actor_extra: &str,
+    action_extra: &str,
+) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("actor-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("actor.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[actor]
+redis_prefix = "{prefix}"
+outcomes_topic = "{}"
+parked_topic = "{}"
+claim_lease_ms = 2000
+claim_poll_ms = 50
+kill_switch_poll_ms = 200
+{actor_extra}
+
+[[actor.action]]
+name = "restart"
+kind = "http"
+url = "http://{addr}/act/{{{{ params.pod }}}}"
+headers = {{ content-type = "application/json" }}
+body = '{{"pod": "{{{{ params.pod }}}}"}}'
+timeout_ms = 3000
+backoff_ms = 50
+{action_extra}
+"#,
+            t.outcomes, t.parked
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn request(i: usize) -> ActionRequest {
+    let event_id = format!("evt-{i}");
+    ActionRequest {
+        idempotency_key: reflex_core::actions::idempotency_key(&event_id, "restart"),
+        action: "restart".into(),
+        kind: ActionKind::Http,
+        target: "k8s-gateway".into(),
+        params: BTreeMap::from([("pod".into(), format!("pod-{i}"))]),
+        body: None,
+        event_id: event_id.clone(),
+        event_type: "io.k8s.pod.crashloop".into(),
+        rule: Some("crashloop".into()),
+        correlation_id: format!("corr-{i}"),
+        context: BTreeMap::from([("owner".into(), "team-a".into())]),
+        dry_run: false,
+        requested_at: 1_700_000_000_000,
+    }
+}
+
+async fn request_codec(stack: &Stack, topic: &str) -> AvroCodec<ActionRequest> {
+    let id = registry(stack)
+        .register(&format!("{topic}-value"), ACTION_REQUEST_SCHEMA)
+        .await
+        .expect("register the request schema");
+    AvroCodec::new(id, ACTION_REQUEST_SCHEMA).unwrap()
+}
+
+/// Publishes the requests (keyed by idempotency key) and waits for every ack.
+async fn publish(
+    stack: &Stack,
+    topic: &str,
+    codec: &AvroCodec<ActionRequest>,
+    requests: &[ActionRequest],
+) {
+    let producer = producer(&stack.bootstrap);
+    let values: Vec<Vec<u8>> = requests.iter().map(|r| codec.encode(r).unwrap()).collect();
+    let sends = requests.iter().zip(&values).map(|(r, v)| {
+        producer.send(
+            FutureRecord::to(topic)
+                .key(&r.idempotency_key)
+                .payload(v)
+                .headers(ce_headers(
+                    &r.event_id,
+                    "dev.reflex.action.requested",
+                    "test/actor",
+                )),
+            Timeout::After(Duration::from_secs(30)),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
+fn decode_outcome(m: &OwnedMessage) -> ActionOutcome {
+    thread_local! {
+        static SCHEMA: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
+    }
+    SCHEMA.with(|s| AvroCodec::<ActionOutcome>::decode_with(s, m.payload().unwrap()).unwrap())
+}
+
+/// Reads outcome records until every key in `keys` has a final one (`reflex-final: true`).
+async fn read_outcomes(
+    stack: &Stack,
+    topic: &str,
+    keys: &HashSet<String>,
+    timeout: Duration,
+) -> Vec<(ActionOutcome, bool)> {
+    let mut seen = 0;
+    let mut finals = HashSet::new();
+    let messages = read_topic_until(
+        &stack.bootstrap,
+        topic,
+        timeout,
+        Duration::from_secs(2),
+        |got| {
+            for m in &got[seen..] {
+                if header_str(m, "reflex-final") == Some("true") {
+                    finals.insert(decode_outcome(m).idempotency_key);
+                }
+            }
+            seen = got.len();
+            keys.iter().all(|k| finals.contains(k))
+        },
+    )
+    .await;
+    messages
+        .iter()
+        .map(|m| {
+            (
+                decode_outcome(m),
+                header_str(m, "reflex-final") == Some("true"),
+            )
+        })
+        .collect()
+}
+
+fn log_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(unique(name))
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_each_key_applied_once(target: &Target, keys: &HashSet<String>, log: &Path) {
+    let snapshot = target.snapshot();
+    for key in keys {
+        let (requests, effects) = snapshot.get(key).copied().unwrap_or_default();
+        assert_eq!(
+            effects,
+            1,
+            "{key}: {effects} effects ({requests} requests); log: {}",
+            read_log(log)
+        );
+    }
+    assert_eq!(snapshot.len(), keys.len(), "the target saw unexpected keys");
+}
+
+async fn redis(stack: &Stack) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(stack.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- the tests
+
+/// 1,000 requests, 20% of them duplicates (published twice in a row, or replayed later):
+/// exactly one effect per idempotency key, one outcome per attempt, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_executes_each_key_once_despite_duplicates_and_replays() {
+    let stack = stack();
+    let t = topics(&stack, 4).await;
+    let codec = request_codec(&stack, &t.input).await;
+    let (target, addr) = Target::start().await;
+    let config = write_config(&unique("reflex-t1"), &t, addr, "", "");
+    let log = log_path("actor-t1-log");
+    let _actor = spawn_actor(&stack, &unique("actor"), "", &t.input, &config, &log, &[]);
+
+    // 800 distinct requests; 100 of them published twice back to back.
+    let mut batch = Vec::new();
+    for i in 0..800 {
+        batch.push(request(i));
+        if i % 8 == 0 {
+            batch.push(request(i));
+        }
+    }
+    publish(&stack, &t.input, &codec, &batch).await;
+    let keys: HashSet<String> = (0..800).map(|i| request(i).idempotency_key).collect();
+    wait_for("the first pass", Duration::from_secs(40), || {
+        target.effects() >= 800
+    })
+    .await;
+    // A replay of 100 earlier requests (as the dead-letter reprocessor would do).
+    let replay: Vec<ActionRequest> = (0..800).filter(|i| i % 8 == 4).map(request).collect();
+    publish(&stack, &t.input, &codec, &replay).await;
+
+    let expected_outcomes = batch.len() + replay.len();
+    let messages = read_topic(
+        &stack.bootstrap,
+        &t.outcomes,
+        expected_outcomes,
+        Duration::from_secs(40),
+        Duration::from_secs(2),
+    )
+    .await;
+    let outcomes: Vec<ActionOutcome> = messages.iter().map(decode_outcome).collect();
+    assert_eq!(expected_outcomes, 1000);
+    assert_eq!(
+        outcomes.len(),
+        1000,
+        "one outcome per attempt; log: {}",
+        read_log(&log)
+    );
+    assert!(messages
+        .iter()
+        .all(|m| header_str(m, "reflex-final") == Some("true")));
+    let count = |r: ActionResult| outcomes.iter().filter(|o| o.result == r).count();
+    assert_eq!(count(ActionResult::Succeeded), 800);
+    assert_eq!(count(ActionResult::DuplicateSuppressed), 200);
+    let succeeded: HashSet<&str> = outcomes
+        .iter()
+        .filter(|o| o.result == ActionResult::Succeeded)
+        .map(|o| o.idempotency_key.as_str())
+        .collect();
+    assert_eq!(succeeded.len(), 800, "every key succeeded once, none lost");
+    assert!(outcomes
+        .iter()
+        .all(|o| o.status_code == Some(200) && o.attempt == 1 && !o.worker.is_empty()));
+
+    assert_each_key_applied_once(&target, &keys, &log);
+    let requests = target.requests.load(Ordering::Relaxed);
+    assert_eq!(
+        requests, 800,
+        "duplicates were suppressed before reaching the target"
+    );
+    let dlq = read_topic(
+        &stack.bootstrap,
+        &t.dlq,
+        0,
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(dlq.is_empty(), "nothing dead-lettered");
+    eprintln!("t1: 1000 requests, 800 keys: 800 effects, 800 HTTP requests, 200 suppressed");
+}
+
+/// SIGKILL while requests are in flight, then a restart (same static instance) plus a second
+/// replica: every key's effect exactly once at the target, every request a final outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_killed_mid_flight_recovers_with_exactly_once_effects() {
+    let stack = stack();
+    let t = topics(&stack, 4).await;
+    let codec = request_codec(&stack, &t.input).await;
+    let (target, addr) = Target::start().await;
+    target.latency_ms.store(100, Ordering::Relaxed);
+    let config = write_config(&unique("reflex-t2"), &t, addr, "", "");
+    let log = log_path("actor-t2-log");
+    let group = unique("actor");
+    let instance = unique("actor-0");
+    let lanes = [("REFLEX_RUNTIME__KEY_LANES", "16")];
+    let mut actor = spawn_actor(&stack, &group, &instance, &t.input, &config, &log, &lanes);
+
+    let requests: Vec<ActionRequest> = (0..500).map(request).collect();
+    let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
+    publish(&stack, &t.input, &codec, &requests).await;
+    wait_for("some effects", Duration::from_secs(30), || {
+        target.effects() >= 100
+    })
+    .await;
+    actor.signal("KILL");
+    actor.wait_exit(Duration::from_secs(5));
+    let at_kill = target.effects();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let _restarted = spawn_actor(&stack, &group, &instance, &t.input, &config, &log, &lanes);
+    let _second = spawn_actor(
+        &stack,
+        &group,
+        &unique("actor-1"),
+        &t.input,
+        &config,
+        &log,
+        &lanes,
+    );
+    let outcomes = read_outcomes(&stack, &t.outcomes, &keys, Duration::from_secs(50)).await;
+
+    let finals: HashMap<&str, &ActionOutcome> = outcomes
+        .iter()
+        .filter(|(_, last)| *last)
+        .map(|(o, _)| (o.idempotency_key.as_str(), o))
+        .collect();
+    for key in &keys {
+        let o = finals
+            .get(key.as_str())
+            .unwrap_or_else(|| panic!("{key} has no final outcome; log: {}", read_log(&log)));
+        assert!(
+            matches!(
+                o.result,
+                ActionResult::Succeeded | ActionResult::DuplicateSuppressed
+            ),
+            "{key}: {o:?}"
+        );
+    }
+    assert_each_key_applied_once(&target, &keys, &log);
+    let snapshot = target.snapshot();
+    let repeated = snapshot.values().filter(|(r, _)| *r > 1).count();
+    let workers: HashSet<&str> = outcomes.iter().map(|(o, _)| o.worker.as_str()).collect();
+    eprintln!(
+        "t2: killed after {at_kill} effects; 500 keys, 500 effects; {repeated} keys re-requested after the crash (deduped by the target); workers {workers:?}"
+    );
+}
+
+/// Two replicas share one fleet-wide rate limit through Redis; measured at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_rate_limit_holds_across_two_replicas() {
+    let stack = stack();
+    let t = topics(&stack, 4).await;
+    let codec = request_codec(&stack, &t.input).await;
+    let (target, addr) = Target::start().await;
+    let config = write_config(
+        &unique("reflex-t3"),
+        &t,
+        addr,
+        "",
+        "rate_per_sec = 40.0\nrate_burst = 1\n",
+    );
+    let log = log_path("actor-t3-log");
+    let group = unique("actor");
+    let (a, b) = (unique("actor-a"), unique("actor-b"));
+    let _a = spawn_actor(&stack, &group, &a, &t.input, &config, &log, &[]);
+    let _b = spawn_actor(&stack, &group, &b, &t.input, &config, &log, &[]);
+    wait_for("both replicas assigned", Duration::from_secs(20), || {
+        read_log(&log).matches("partitions assigned").count() >= 2
+    })
+    .await;
+
+    let n = 480;
+    let requests: Vec<ActionRequest> = (0..n).map(request).collect();
+    let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
+    publish(&stack, &t.input, &codec, &requests).await;
+    wait_for("all effects", Duration::from_secs(45), || {
+        target.effects() >= n
+    })
+    .await;
+    let times = target.effects.lock().unwrap().clone();
+    let span = times.last().unwrap().duration_since(times[0]).as_secs_f64();
+    let rate = (times.len() - 1) as f64 / span;
+    // The busiest second, to show no burst above the limit either.
+    let start = times[0];
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for t in &times {
+        *per_second
+            .entry(t.duration_since(start).as_secs())
+            .or_default() += 1;
+    }
+    let busiest = per_second.values().max().copied().unwrap_or(0);
+    let outcomes = read_outcomes(&stack, &t.outcomes, &keys, Duration::from_secs(20)).await;
+    let by_worker = outcomes
+        .iter()
+        .fold(HashMap::<&str, usize>::new(), |mut m, (o, _)| {
+            *m.entry(o.worker.as_str()).or_default() += 1;
+            m
+        });
+    eprintln!("t3: {n} effects in {span:.2} s = {rate:.2}/s (limit 40/s), busiest second {busiest}, by replica {by_worker:?}");
+    assert!(
+        (36.0..=44.0).contains(&rate),
+        "rate {rate:.2}/s is not within 10% of 40/s"
+    );
+    // GCRA grants at most rate + burst (1) in any second; allow 3 for request latency jitter.
+    assert!(busiest <= 44, "a second had {busiest} effects");
+    assert_eq!(by_worker.len(), 2, "both replicas acted: {by_worker:?}");
+    assert_each_key_applied_once(&target, &keys, &log);
+}
+
+/// A target answering 503 opens the breaker; actions wait, the runtime pauses the partitions;
+/// when the target recovers everything completes, exactly once, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_breaker_opens_on_503_pauses_and_recovers() {
+    let stack = stack();
+    let t = topics(&stack, 4).await;
+    let codec = request_codec(&stack, &t.input).await;
+    let (target, addr) = Target::start().await;
+    target.unavailable.store(true, Ordering::Relaxed);
+    let config = write_config(
+        &unique("reflex-t4"),
+        &t,
+        addr,
+        "",
+        "max_attempts = 50\nbreaker_failures = 3\nbreaker_cooldown_ms = 500\n",
+    );
+    let log = log_path("actor-t4-log");
+    let env = [
+        ("REFLEX_RUNTIME__MAX_IN_FLIGHT", "20"),
+        ("REFLEX_RUNTIME__KEY_LANES", "8"),
+        ("RUST_LOG", "info,reflex_runtime=debug"),
+    ];
+    let _actor = spawn_actor(&stack, &unique("actor"), "", &t.input, &config, &log, &env);
+    let requests: Vec<ActionRequest> = (0..200).map(request).collect();
+    let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
+    publish(&stack, &t.input, &codec, &requests).await;
+
+    wait_for(
+        "the breaker to open and the partitions to pause",
+        Duration::from_secs(30),
+        || {
+            let l = read_log(&log);
+            l.contains("circuit breaker open") && l.contains("backpressure: partitions paused")
+        },
+    )
+    .await;
+    // While open, only the half-open probes reach the target (one per cool-down).
+    let before = target.requests.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = target.requests.load(Ordering::Relaxed) - before;
+    assert!(
+        during <= 8,
+        "{during} requests in 3 s with the breaker open"
+    );
+    assert_eq!(target.effects(), 0);
+
+    let recovered = Instant::now();
+    target.unavailable.store(false, Ordering::Relaxed);
+    wait_for(
+        "every effect after recovery",
+        Duration::from_secs(40),
+        || target.effects() >= 200,
+    )
+    .await;
+    let recovery = recovered.elapsed();
+    let outcomes = read_outcomes(&stack, &t.outcomes, &keys, Duration::from_secs(40)).await;
+    let finals: Vec<&ActionOutcome> = outcomes
+        .iter()
+        .filter(|(_, f)| *f)
+        .map(|(o, _)| o)
+        .collect();
+    assert_eq!(finals.len(), 200, "log: {}", read_log(&log));
+    assert!(
+        finals.iter().all(|o| o.result == ActionResult::Succeeded),
+        "{finals:?}"
+    );
+    let failed = outcomes
+        .iter()
+        .filter(|(o, _)| o.result == ActionResult::Failed)
+        .count();
+    assert!(
+        outcomes
+            .iter()
+            .filter(|(o, _)| o.result == ActionResult::Failed)
+            .all(|(o, f)| !f && o.status_code == Some(503)),
+        "failed attempts are 503s and never final"
+    );
+    assert_each_key_applied_once(&target, &keys, &log);
+    assert!(read_log(&log).contains("circuit breaker closed"));
+    let dlq = read_topic(
+        &stack.bootstrap,
+        &t.dlq,
+        0,
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(dlq.is_empty(), "nothing dead-lettered");
+    eprintln!(
+        "t4: {before} requests before the pause check, {during} in 3 s while open, {failed} failed attempts (503) in total; 200/200 effects {:.1} s after recovery",
+        recovery.as_secs_f64()
+    );
+}
+
+/// The kill switch stops new effects within 2 s without losing events; off, the backlog completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_kill_switch_stops_within_two_seconds_and_resumes() {
+    let stack = stack();
+    let t = topics(&stack, 4).await;
+    let codec = request_codec(&stack, &t.input).await;
+    let (target, addr) = Target::start().await;
+    let prefix = unique("reflex-t5");
+    let config = write_config(&prefix, &t, addr, "", "rate_per_sec = 50.0\n");
+    let log = log_path("actor-t5-log");
+    let _actor = spawn_actor(&stack, &unique("actor"), "", &t.input, &config, &log, &[]);
+    let requests: Vec<ActionRequest> = (0..400).map(request).collect();
+    let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
+    publish(&stack, &t.input, &codec, &requests).await;
+    wait_for("some effects", Duration::from_secs(30), || {
+        target.effects() >= 50
+    })
+    .await;
+
+    let mut redis = redis(&stack).await;
+    let switched = Instant::now();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:killswitch"))
+        .arg("on")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_two_seconds = target.effects();
+    let last_effect = *target.effects.lock().unwrap().last().unwrap();
+    let stopped_after = last_effect.saturating_duration_since(switched);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        target.effects(),
+        at_two_seconds,
+        "effects continued after the kill switch"
+    );
+    assert!(
+        stopped_after <= Duration::from_secs(2),
+        "last effect {stopped_after:?} after the switch"
+    );
+    assert!(at_two_seconds < 400, "the backlog was not held");
+
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:killswitch"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let outcomes = read_outcomes(&stack, &t.outcomes, &keys, Duration::from_secs(40)).await;
+    let finals = outcomes
+        .iter()
+        .filter(|(o, f)| *f && o.result == ActionResult::Succeeded)
+        .count();
+    assert_eq!(finals, 400, "log: {}", read_log(&log));
+    assert_each_key_applied_once(&target, &keys, &log);
+    assert!(read_log(&log).contains("kill switch on"));
+    eprintln!(
+        "t5: switch on after {} effects; last effect {} ms after the switch; held {} requests; all 400 done after the switch went off",
+        at_two_seconds,
+        stopped_after.as_millis(),
+        400 - at_two_seconds
+    );
+}
+
+/// Publishes one request with an extra header.
+async fn publish_with_header(
+    stack: &Stack,
+    topic: &str,
+    codec: &AvroCodec<ActionRequest>,
+    r: &ActionRequest,
+    header: (&str, &str),
+) {
+    use rdkafka::message::Header;
+    let value = codec.encode(r).unwrap();
+    let headers =
+        ce_headers(&r.event_id, "dev.reflex.action.requested", "test/actor").insert(Header {
+            key: header.0,
+            value: Some(header.1),
+        });
+    producer(&stack.bootstrap)
+        .send(
+            FutureRecord::to(topic)
+                .key(&r.idempotency_key)
+                .payload(&value)
+                .headers(headers),
+            Timeout::After(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
+fn named(i: usize, action: &str) -> ActionRequest {
+    let mut r = request(i);
+    r.action = action.into();
+    r.idempotency_key = reflex_core::actions::idempotency_key(&r.event_id, action);
+    r
+}
+
+/// Signing, dry run, the blast-radius cap, emit chaining, log-only, unknown actions and the hop
+/// limit, in one actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_signs_dry_runs_parks_chains_and_rejects() {
+    let stack = stack();
+    let t = topics(&stack, 2).await;
+    let chained = unique("chained");
+    create_topics(&stack.bootstrap, &[(&chained, 1)]).await;
+    let codec = request_codec(&stack, &t.input).await;
+    let (target, addr) = Target::start().await;
+    let config = write_config(
+        &unique("reflex-t6"),
+        &t,
+        addr,
+        "max_hops = 3",
+        &format!(
+            r#"signing_secret_env = "T6_SECRET"
+
+[[actor.action]]
+name = "capped"
+kind = "http"
+url = "http://{addr}/act/{{{{ params.pod }}}}"
+blast_radius_max = 5
+blast_radius_window_ms = 600000
+
+[[actor.action]]
+name = "chain"
+kind = "emit"
+topic = "{chained}"
+event_type = "dev.reflex.test.chained"
+body = '{{"pod": "{{{{ params.pod }}}}"}}'
+
+[[actor.action]]
+name = "note"
+kind = "log"
+message = "noted {{{{ params.pod }}}}"
+"#
+        ),
+    );
+    let log = log_path("actor-t6-log");
+    let env = [("T6_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+    let _actor = spawn_actor(&stack, &unique("actor"), "", &t.input, &config, &log, &env);
+
+    let signed: Vec<ActionRequest> = (0..3).map(request).collect();
+    let dry: Vec<ActionRequest> = (3..5)
+        .map(|i| ActionRequest {
+            dry_run: true,
+            ..request(i)
+        })
+        .collect();
+    let capped: Vec<ActionRequest> = (10..20).map(|i| named(i, "capped")).collect();
+    let chain: Vec<ActionRequest> = (20..22).map(|i| named(i, "chain")).collect();
+    let note = vec![named(30, "note")];
+    let all: Vec<ActionRequest> = [&signed, &dry, &capped, &note]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    publish(&stack, &t.input, &codec, &all).await;
+    for r in &chain {
+        publish_with_header(&stack, &t.input, &codec, r, ("reflex-hops", "1")).await;
+    }
+    publish(&stack, &t.input, &codec, &[named(40, "nope")]).await;
+    publish_with_header(&stack, &t.input, &codec, &request(41), ("reflex-hops", "4")).await;
+
+    let keys: HashSet<String> = all
+        .iter()
+        .chain(&chain)
+        .map(|r| r.idempotency_key.clone())
+        .collect();
+    let outcomes = read_outcomes(&stack, &t.outcomes, &keys, Duration::from_secs(40)).await;
+    let result = |key: &str| {
+        outcomes
+            .iter()
+            .find(|(o, f)| *f && o.idempotency_key == key)
+            .map(|(o, _)| o.result)
+            .unwrap_or_else(|| panic!("no final outcome for {key}; log: {}", read_log(&log)))
+    };
+    // Signed HTTP calls: Standard Webhooks headers, webhook-id = the idempotency key.
+    let signatures = target.signed.lock().unwrap().clone();
+    for r in &signed {
+        assert_eq!(result(&r.idempotency_key), ActionResult::Succeeded);
+        let (id, ts, sig, body) = &signatures[&r.idempotency_key];
+        assert_eq!(id, &r.idempotency_key);
+        assert!(ts.parse::<i64>().unwrap() > 1_700_000_000);
+        assert!(sig.starts_with("v1,") && sig.len() == 47, "{sig}");
+        assert_eq!(body, &format!("{{\"pod\": \"{}\"}}", r.params["pod"]));
+    }
+    // Dry run: outcome DRY_RUN, no call.
+    for r in &dry {
+        assert_eq!(result(&r.idempotency_key), ActionResult::DryRun);
+        assert!(!target.snapshot().contains_key(&r.idempotency_key));
+    }
+    // Blast radius: 5 executed, 5 parked (outcome and record on the parked topic).
+    let parked_results = capped
+        .iter()
+        .filter(|r| result(&r.idempotency_key) == ActionResult::Parked)
+        .count();
+    assert_eq!(parked_results, 5);
+    let parked = read_topic(
+        &stack.bootstrap,
+        &t.parked,
+        5,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(parked.len(), 5);
+    assert!(
+        parked
+            .iter()
+            .all(|m| header_str(m, "reflex-parked-reason")
+                .is_some_and(|r| r.contains("blast-radius")))
+    );
+    assert!(read_log(&log).contains("action parked"));
+    // Emit: the chained event carries causation, correlation and one more hop.
+    for r in chain.iter().chain(&note) {
+        assert_eq!(result(&r.idempotency_key), ActionResult::Succeeded);
+    }
+    let emitted = read_topic(
+        &stack.bootstrap,
+        &chained,
+        2,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(emitted.len(), 2);
+    for m in &emitted {
+        let id = header_str(m, "ce_id").unwrap();
+        let r = chain
+            .iter()
+            .find(|r| r.idempotency_key == id)
+            .expect("ce_id is the key");
+        assert_eq!(header_str(m, "ce_causationid"), Some(r.event_id.as_str()));
+        assert_eq!(header_str(m, "ce_correlationid"), Some(r.event_id.as_str()));
+        assert_eq!(header_str(m, "ce_type"), Some("dev.reflex.test.chained"));
+        assert_eq!(header_str(m, "reflex-hops"), Some("2"));
+        assert_eq!(
+            m.payload(),
+            Some(format!("{{\"pod\": \"{}\"}}", r.params["pod"]).as_bytes())
+        );
+    }
+    assert!(read_log(&log).contains("noted pod-30"));
+    // Unknown action and too many hops: dead letters with the reason.
+    let dlq = read_topic(
+        &stack.bootstrap,
+        &t.dlq,
+        2,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )
+    .await;
+    let reasons: Vec<&str> = dlq
+        .iter()
+        .filter_map(|m| header_str(m, "reflex-error-message"))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown action `nope`")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("actor.max_hops")),
+        "{reasons:?}"
+    );
+}
