@@ -7,13 +7,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::Router;
 use common::*;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
@@ -27,84 +23,6 @@ use reflex_testkit::{
     ce_headers, create_topics, header_str, producer, read_topic, read_topic_until, stack, unique,
     Stack,
 };
-
-// ---------------------------------------------------------------- the HTTP target
-
-#[derive(Default)]
-struct Target {
-    /// Idempotency-Key → (requests seen, effects applied).
-    keys: Mutex<HashMap<String, (u32, u32)>>,
-    /// When each effect was applied.
-    effects: Mutex<Vec<Instant>>,
-    requests: AtomicU64,
-    unavailable: AtomicBool,
-    latency_ms: AtomicU64,
-    /// Idempotency-Key → (webhook-id, webhook-timestamp, webhook-signature, body) when signed.
-    signed: Mutex<HashMap<String, (String, String, String, String)>>,
-}
-
-impl Target {
-    async fn start() -> (Arc<Target>, SocketAddr) {
-        let target = Arc::new(Target::default());
-        let app = Router::new()
-            .route("/act/{pod}", axum::routing::post(handle))
-            .with_state(target.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (target, addr)
-    }
-
-    fn effects(&self) -> usize {
-        self.effects.lock().unwrap().len()
-    }
-
-    fn snapshot(&self) -> HashMap<String, (u32, u32)> {
-        self.keys.lock().unwrap().clone()
-    }
-}
-
-async fn handle(State(t): State<Arc<Target>>, headers: HeaderMap, body: String) -> StatusCode {
-    t.requests.fetch_add(1, Ordering::Relaxed);
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let Some(key) = header("idempotency-key") else {
-        return StatusCode::BAD_REQUEST;
-    };
-    if let (Some(id), Some(ts), Some(sig)) = (
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-    ) {
-        t.signed
-            .lock()
-            .unwrap()
-            .insert(key.clone(), (id, ts, sig, body));
-    }
-    {
-        let mut keys = t.keys.lock().unwrap();
-        let entry = keys.entry(key).or_default();
-        entry.0 += 1;
-        if t.unavailable.load(Ordering::Relaxed) {
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
-        if entry.1 == 0 {
-            // First time for this key: apply the effect. Later requests replay the response.
-            entry.1 = 1;
-            t.effects.lock().unwrap().push(Instant::now());
-        }
-    }
-    // The effect is applied before the response: a caller that dies now never learns it (F6).
-    let latency = t.latency_ms.load(Ordering::Relaxed);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-    }
-    StatusCode::OK
-}
 
 // ---------------------------------------------------------------- requests and outcomes
 

@@ -8,14 +8,6 @@ use std::time::Duration;
 use common::*;
 use reflex_testkit::{ce_headers, create_topics, produce, producer, read_topic, stack, unique};
 
-/// The address the worker logged in `serving /metrics ...` (JSON logs).
-fn http_address(log: &std::path::Path) -> Option<String> {
-    read_log(log).lines().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        v.get("http_listen")?.as_str().map(str::to_string)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_serves_metrics_health_and_readiness() {
     let stack = stack();

@@ -4,56 +4,16 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::post;
 use common::*;
 use rdkafka::message::{Header, OwnedHeaders};
 use reflex_testkit::{
     ce_headers, create_topics, header_str, produce, producer, read_topic, stack, unique,
 };
-use serde_json::Value;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";
-
-/// An OTLP/HTTP (JSON) receiver: collects every exported span.
-async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let spans = Arc::new(Mutex::new(Vec::new()));
-    let sink = spans.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        post(move |body: String| {
-            let sink = sink.clone();
-            async move {
-                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                for rs in v["resourceSpans"].as_array().into_iter().flatten() {
-                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                        for span in ss["spans"].as_array().into_iter().flatten() {
-                            let mut span = span.clone();
-                            span["resource"] = rs["resource"].clone();
-                            sink.lock().unwrap().push(span);
-                        }
-                    }
-                }
-                "{}"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), spans)
-}
-
-fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-    span["attributes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)
-        .map(|a| &a["value"])
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_continues_the_trace_and_exports_a_process_span() {
@@ -157,42 +117,36 @@ async fn the_router_continues_the_trace_and_exports_a_process_span() {
     assert_eq!(span["name"], format!("process {input}"));
     assert_eq!(span["kind"], 5, "SPAN_KIND_CONSUMER");
     assert_eq!(
-        attribute(&span, "messaging.system").unwrap()["stringValue"],
+        span_attribute(&span, "messaging.system").unwrap()["stringValue"],
         "kafka"
     );
     assert_eq!(
-        attribute(&span, "messaging.operation.type").unwrap()["stringValue"],
+        span_attribute(&span, "messaging.operation.type").unwrap()["stringValue"],
         "process"
     );
     assert_eq!(
-        attribute(&span, "messaging.destination.name").unwrap()["stringValue"],
+        span_attribute(&span, "messaging.destination.name").unwrap()["stringValue"],
         input.as_str()
     );
     assert_eq!(
-        attribute(&span, "messaging.consumer.group.name").unwrap()["stringValue"],
+        span_attribute(&span, "messaging.consumer.group.name").unwrap()["stringValue"],
         group.as_str()
     );
     assert_eq!(
-        attribute(&span, "messaging.message.id").unwrap()["stringValue"],
+        span_attribute(&span, "messaging.message.id").unwrap()["stringValue"],
         "traced-1"
     );
-    assert!(attribute(&span, "messaging.kafka.offset").is_some());
+    assert!(span_attribute(&span, "messaging.kafka.offset").is_some());
     for deprecated in [
         "messaging.kafka.consumer.group",
         "messaging.kafka.message.offset",
     ] {
         assert!(
-            attribute(&span, deprecated).is_none(),
+            span_attribute(&span, deprecated).is_none(),
             "{deprecated} must not be emitted"
         );
     }
-    let service = span["resource"]["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["key"] == "service.name")
-        .unwrap();
-    assert_eq!(service["value"]["stringValue"], "reflex-router");
+    assert_eq!(span_service(&span), Some("reflex-router"));
 
     // The failed event's span is marked with its error class, and its log line carries the correlation id.
     let failed = spans
@@ -200,14 +154,14 @@ async fn the_router_continues_the_trace_and_exports_a_process_span() {
         .unwrap()
         .iter()
         .find(|s| {
-            attribute(s, "messaging.message.id")
+            span_attribute(s, "messaging.message.id")
                 .map(|v| v["stringValue"] == "traced-bad")
                 .unwrap_or(false)
         })
         .cloned();
     let failed = failed.expect("the bad event's span was exported");
     assert_eq!(
-        attribute(&failed, "error.type").unwrap()["stringValue"],
+        span_attribute(&failed, "error.type").unwrap()["stringValue"],
         "poison"
     );
     let log_text = read_log(&log);

@@ -45,6 +45,19 @@ pub fn pod_event(schema_id: u32, pod: &str, seq: i64, restart_count: i32, reason
     )
 }
 
+/// A pod event in `namespace`, in Confluent wire format.
+pub fn pod_event_in(schema_id: u32, namespace: &str, pod: &str, seq: i64) -> Vec<u8> {
+    let schema = reflex_core::avro::parse_schema(POD_SCHEMA).unwrap();
+    let json = serde_json::json!({
+        "cluster": "prod-eu", "namespace": namespace, "pod": pod, "reason": "CrashLoopBackOff",
+        "restart_count": 5, "seq": seq, "rollout_in_progress": false, "labels": {}
+    });
+    encode_frame(
+        schema_id,
+        &reflex_core::avro::json_to_datum(&schema, &json).unwrap(),
+    )
+}
+
 /// Writes a rule file into a fresh temp dir.
 pub fn write_rules(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(reflex_testkit::unique(name));
@@ -88,28 +101,43 @@ pub fn spawn_router_with_env(
     log: &Path,
     env: &[(&str, &str)],
 ) -> ChildGuard {
+    let mut command = worker_command("reflex-router", stack, group, instance, input, log);
+    command
+        .env("REFLEX_ROUTER__RULES_FILE", rules)
+        .envs(env.iter().copied());
+    ChildGuard::spawn("reflex-router", &mut command)
+}
+
+/// A worker binary with what every test worker shares: the stack's addresses, its group (and
+/// static instance id when not empty), one input topic, short session and commit intervals,
+/// and its stderr (JSON logs) appended to `log`.
+pub fn worker_command(
+    bin: &str,
+    stack: &Stack,
+    group: &str,
+    instance: &str,
+    input: &str,
+    log: &Path,
+) -> Command {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    ChildGuard::spawn(
-        "reflex-router",
-        Command::new(workspace_bin("reflex-router"))
-            .envs(env.iter().copied())
-            .env("REFLEX_KAFKA__GROUP_INSTANCE_ID", instance)
-            .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
-            .env("REFLEX_KAFKA__GROUP_ID", group)
-            .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
-            .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
-            .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
-            .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
-            .env("REFLEX_REGISTRY__URL", &stack.registry_url)
-            .env("REFLEX_ROUTER__RULES_FILE", rules)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file)),
-    )
+    let mut command = Command::new(workspace_bin(bin));
+    command
+        .env("REFLEX_KAFKA__GROUP_INSTANCE_ID", instance)
+        .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
+        .env("REFLEX_KAFKA__GROUP_ID", group)
+        .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
+        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
+        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
+        .env("REFLEX_REGISTRY__URL", &stack.registry_url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file));
+    command
 }
 
 /// ce_id → records carrying it.
@@ -182,29 +210,12 @@ pub fn spawn_enricher_with_env(
     log: &Path,
     extra_env: &[(&str, &str)],
 ) -> ChildGuard {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut command = Command::new(workspace_bin("reflex-enricher"));
+    let mut command = worker_command("reflex-enricher", stack, group, "", input, log);
     command
-        .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
-        .env("REFLEX_KAFKA__GROUP_ID", group)
-        .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
-        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
-        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
-        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
-        .env("REFLEX_REGISTRY__URL", &stack.registry_url)
         .env("REFLEX_ENRICHER__BINDINGS_FILE", bindings)
         .env("REFLEX_ENRICHER__OUTPUT_TOPIC", output)
         .env("REFLEX_ENRICHER__REDIS_URL", &stack.redis_url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file));
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
+        .envs(extra_env.iter().copied());
     ChildGuard::spawn("reflex-enricher", &mut command)
 }
 
@@ -221,30 +232,172 @@ pub fn spawn_actor(
     log: &Path,
     extra_env: &[(&str, &str)],
 ) -> ChildGuard {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut command = Command::new(workspace_bin("reflex-actor"));
+    let mut command = worker_command("reflex-actor", stack, group, instance, input, log);
     command
         .arg("--config")
         .arg(config)
-        .env("REFLEX_KAFKA__GROUP_INSTANCE_ID", instance)
         .env("REFLEX_RUNTIME__WORKER_ID", instance)
-        .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
-        .env("REFLEX_KAFKA__GROUP_ID", group)
-        .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
-        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
-        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
-        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
-        .env("REFLEX_REGISTRY__URL", &stack.registry_url)
         .env("REFLEX_ACTOR__REDIS_URL", &stack.redis_url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file));
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
+        .envs(extra_env.iter().copied());
     ChildGuard::spawn("reflex-actor", &mut command)
+}
+
+/// An OTLP/HTTP (JSON) receiver on a free port: returns its base URL and every span exported
+/// to it, each with its `resource` copied in.
+pub async fn otlp_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use serde_json::Value;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in ss["spans"].as_array().into_iter().flatten() {
+                            let mut span = span.clone();
+                            span["resource"] = rs["resource"].clone();
+                            sink.lock().unwrap().push(span);
+                        }
+                    }
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), spans)
+}
+
+/// A span attribute's value object (`{"stringValue": ...}`, `{"intValue": ...}`).
+pub fn span_attribute<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+/// The `service.name` of a span's resource.
+pub fn span_service(span: &serde_json::Value) -> Option<&str> {
+    span["resource"]["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == "service.name")?["value"]["stringValue"]
+        .as_str()
+}
+
+/// The address a worker logged in its `serving /metrics ...` line (JSON logs).
+pub fn http_address(log: &Path) -> Option<String> {
+    read_log(log).lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        v.get("http_listen")?.as_str().map(str::to_string)
+    })
+}
+
+// ---------------------------------------------------------------- an HTTP target API
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+
+/// A test HTTP API that, like a real one honouring `Idempotency-Key`, counts requests per key
+/// and applies the effect only once per key (`POST /act/{pod}`).
+#[derive(Default)]
+pub struct Target {
+    /// Idempotency-Key → (requests seen, effects applied).
+    pub keys: Mutex<HashMap<String, (u32, u32)>>,
+    /// Idempotency-Key → headers of its first request.
+    pub first_headers: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// When each effect was applied.
+    pub effects: Mutex<Vec<Instant>>,
+    pub requests: AtomicU64,
+    pub unavailable: AtomicBool,
+    pub latency_ms: AtomicU64,
+    /// Idempotency-Key → (webhook-id, webhook-timestamp, webhook-signature, body) when signed.
+    pub signed: Mutex<HashMap<String, (String, String, String, String)>>,
+}
+
+impl Target {
+    pub async fn start() -> (Arc<Target>, SocketAddr) {
+        let target = Arc::new(Target::default());
+        let app = axum::Router::new()
+            .route("/act/{pod}", axum::routing::post(handle))
+            .with_state(target.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (target, addr)
+    }
+
+    pub fn effects(&self) -> usize {
+        self.effects.lock().unwrap().len()
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, (u32, u32)> {
+        self.keys.lock().unwrap().clone()
+    }
+}
+
+pub async fn handle(State(t): State<Arc<Target>>, headers: HeaderMap, body: String) -> StatusCode {
+    t.requests.fetch_add(1, Ordering::Relaxed);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let Some(key) = header("idempotency-key") else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if let (Some(id), Some(ts), Some(sig)) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) {
+        t.signed
+            .lock()
+            .unwrap()
+            .insert(key.clone(), (id, ts, sig, body));
+    }
+    t.first_headers
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_insert_with(|| {
+            headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect()
+        });
+    {
+        let mut keys = t.keys.lock().unwrap();
+        let entry = keys.entry(key).or_default();
+        entry.0 += 1;
+        if t.unavailable.load(Ordering::Relaxed) {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        if entry.1 == 0 {
+            // First time for this key: apply the effect. Later requests replay the response.
+            entry.1 = 1;
+            t.effects.lock().unwrap().push(Instant::now());
+        }
+    }
+    // The effect is applied before the response: a caller that dies now never learns it (F6).
+    let latency = t.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    StatusCode::OK
 }

@@ -114,7 +114,13 @@ impl Breakers {
         f: impl FnOnce(&mut Breaker) -> R,
     ) -> R {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let breaker = map.entry(target.to_string()).or_insert_with(make);
+        let breaker = map.entry(target.to_string()).or_insert_with(|| {
+            // Publish the state of a target from its first use, so dashboards see it closed.
+            let breaker = make();
+            metrics::gauge!(m::BREAKER_STATE, "target" => target.to_string())
+                .set(breaker.state.gauge());
+            breaker
+        });
         let before = breaker.state.gauge();
         let r = f(breaker);
         let after = breaker.state.gauge();

@@ -202,6 +202,24 @@ impl Actor {
                 .collect(),
         });
         metrics::gauge!(m::KILL_SWITCH).set(if settings.kill_switch { 1.0 } else { 0.0 });
+        // Every action's series at zero from the start, so dashboards and rate() see them.
+        for a in &actions {
+            let name = a.settings.name.clone();
+            for result in [
+                ActionResult::Succeeded,
+                ActionResult::Failed,
+                ActionResult::DuplicateSuppressed,
+                ActionResult::DryRun,
+                ActionResult::Parked,
+                ActionResult::Rejected,
+            ] {
+                metrics::counter!(m::ACTIONS, "action" => name.clone(), "result" => result.as_str())
+                    .increment(0);
+            }
+            for counter in [m::DEDUP_HITS, m::RATE_LIMITED, m::BLAST_RADIUS_PARKED] {
+                metrics::counter!(counter, "action" => name.clone()).increment(0);
+            }
+        }
         if settings.kill_switch {
             warn!("actor.kill_switch is on: no action will be executed until it is turned off");
         }
@@ -787,6 +805,12 @@ impl Actor {
             }
         }
         unreachable!("the last attempt returns")
+    }
+}
+
+impl reflex_runtime::worker::WorkerConfig for ActorConfig {
+    fn telemetry(&self) -> &reflex_runtime::TelemetrySettings {
+        &self.telemetry
     }
 }
 

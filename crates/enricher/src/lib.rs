@@ -275,6 +275,12 @@ impl Enricher {
     }
 }
 
+impl reflex_runtime::worker::WorkerConfig for EnricherConfig {
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+}
+
 impl Stage for Enricher {
     fn name(&self) -> &'static str {
         "enricher"

@@ -248,6 +248,12 @@ impl Router {
     }
 }
 
+impl reflex_runtime::worker::WorkerConfig for RouterConfig {
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+}
+
 impl Stage for Router {
     fn name(&self) -> &'static str {
         "router"

@@ -33,6 +33,7 @@ pub mod shutdown;
 pub mod stage;
 pub mod telemetry;
 pub mod trace;
+pub mod worker;
 
 pub use config::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
 pub use run::{run, RuntimeError};

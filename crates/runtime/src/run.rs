@@ -122,6 +122,7 @@ pub async fn run<S: Stage>(
         .collect();
 
     let stage_name = shared.stage.name();
+    register_metrics(stage_name);
     let max_in_flight = runtime.max_in_flight.max(1);
     let mut paused = false;
     tokio::pin!(shutdown);
@@ -405,6 +406,26 @@ async fn lane<S: Stage>(shared: Arc<Shared<S>>, mut events: mpsc::UnboundedRecei
             }
         }
     }
+}
+
+/// Registers the loop's series at zero, so `/metrics` shows them (and `rate()` works) before
+/// the first event of each kind.
+fn register_metrics(stage: &'static str) {
+    for name in [
+        m::EVENTS_IN,
+        m::EVENTS_OUT,
+        m::EVENTS_DROPPED,
+        m::RETRIES,
+        m::BACKPRESSURE_PAUSES,
+    ] {
+        metrics::counter!(name, "stage" => stage).increment(0);
+    }
+    for class in reflex_core::ErrorClass::ALL {
+        metrics::counter!(m::DEAD_LETTERS, "stage" => stage, "class" => class.as_str())
+            .increment(0);
+    }
+    metrics::gauge!(m::IN_FLIGHT, "stage" => stage).set(0.0);
+    metrics::gauge!(m::PAUSED_PARTITIONS, "stage" => stage).set(0.0);
 }
 
 /// Measures this worker's own group lag every `lag_interval_ms` and exports it.

@@ -25,6 +25,8 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Installs the global subscriber (and the OTLP trace exporter when configured by env).
 /// `RUST_LOG` overrides `log_level`.
 pub fn init(settings: &TelemetrySettings) {
+    // The metrics recorder first: a stage's start-up may already record (e.g. zeroed series).
+    let _ = crate::http::prometheus();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},rdkafka=warn", settings.log_level)));
