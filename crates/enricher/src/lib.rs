@@ -287,14 +287,7 @@ impl Stage for Enricher {
     }
 
     async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
-        let missing = event.headers.missing_required_ce();
-        if !missing.is_empty() {
-            return Err(StageError::permanent(format!(
-                "missing CloudEvents header(s) {}: producers must send {} (CloudEvents Kafka binding, binary mode; `reflexctl publish` does)",
-                missing.join(", "),
-                ce::REQUIRED.join(", ")
-            )));
-        }
+        event.require_cloudevent()?;
         let value = event.payload.as_deref().ok_or_else(|| {
             StageError::poison(
                 "record has no value (tombstone): expected an Avro event in Confluent wire format",

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use cel::Context;
-use reflex_core::headers::{ce, reflex as rh};
+use reflex_core::headers::reflex as rh;
 use reflex_core::registry::{RegistryClient, RegistryError};
 use reflex_core::wire::decode_frame;
 use reflex_core::{metrics as m, ErrorClass};
@@ -260,14 +260,7 @@ impl Stage for Router {
     }
 
     async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
-        let missing = event.headers.missing_required_ce();
-        if !missing.is_empty() {
-            return Err(StageError::permanent(format!(
-                "missing CloudEvents header(s) {}: producers must send {} (CloudEvents Kafka binding, binary mode; `reflexctl publish` does)",
-                missing.join(", "),
-                ce::REQUIRED.join(", ")
-            )));
-        }
+        event.require_cloudevent()?;
         let hops = event.headers.hops();
         if hops >= self.max_hops {
             return Err(StageError::permanent(format!(

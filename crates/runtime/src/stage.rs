@@ -19,6 +19,23 @@ pub struct Event {
     pub headers: Headers,
 }
 
+impl Event {
+    /// Checks the CloudEvents envelope: a record without the required `ce_*` headers is a
+    /// permanent error naming the missing headers and the fix.
+    pub fn require_cloudevent(&self) -> Result<(), StageError> {
+        let missing = self.headers.missing_required_ce();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StageError::permanent(format!(
+            "missing CloudEvents header(s) {}: producers must send {} (CloudEvents Kafka binding, \
+             binary mode; `reflexctl publish` does)",
+            missing.join(", "),
+            reflex_core::headers::ce::REQUIRED.join(", ")
+        )))
+    }
+}
+
 /// One record to produce. Payload bytes are usually forwarded unchanged (cheap `Bytes` clones).
 #[derive(Debug, Clone)]
 pub struct Output {
