@@ -64,9 +64,11 @@ async fn lag_is_exact_in_offsets_and_seconds_and_status_follows_commits() {
     create_topics(&stack.bootstrap, &[(&topic, 2)]).await;
     let producer = producer(&stack.bootstrap);
     // Partition 0: 10 records written 30 s ago; partition 1: 6 records written 90 s ago.
-    let (age0, age1) = (30_000, 90_000);
-    produce_aged(&producer, &topic, 0, 10, now_ms() - age0).await;
-    produce_aged(&producer, &topic, 1, 6, now_ms() - age1).await;
+    let (written0, written1) = (now_ms() - 30_000, now_ms() - 90_000);
+    produce_aged(&producer, &topic, 0, 10, written0).await;
+    produce_aged(&producer, &topic, 1, 6, written1).await;
+    // The true age of a record is measured at the sample's own instant.
+    let true_age = |at_ms: i64, written: i64| (at_ms - written) as f64 / 1000.0;
     commit(&stack.bootstrap, &group, &topic, &[4, 2]);
 
     let topics = vec![topic.clone()];
@@ -78,12 +80,12 @@ async fn lag_is_exact_in_offsets_and_seconds_and_status_follows_commits() {
     assert_eq!((p0.committed, p0.high_watermark, p0.lag), (Some(4), 10, 6));
     assert_eq!((p1.committed, p1.high_watermark, p1.lag), (Some(2), 6, 4));
     assert!(
-        (p0.lag_seconds - age0 as f64 / 1000.0).abs() < 1.0,
+        (p0.lag_seconds - true_age(sample.at_ms, written0)).abs() < 1.0,
         "p0 lag seconds {}",
         p0.lag_seconds
     );
     assert!(
-        (p1.lag_seconds - age1 as f64 / 1000.0).abs() < 1.0,
+        (p1.lag_seconds - true_age(sample.at_ms, written1)).abs() < 1.0,
         "p1 lag seconds {}",
         p1.lag_seconds
     );
@@ -112,7 +114,12 @@ async fn lag_is_exact_in_offsets_and_seconds_and_status_follows_commits() {
     assert_eq!(json["total_lag"], 10);
     assert_eq!(json["partitions"][0]["lag"], 6);
     assert_eq!(json["partitions"][1]["lag"], 4);
-    assert!((json["partitions"][1]["lag_seconds"].as_f64().unwrap() - 90.0).abs() < 1.5);
+    let json_at = json["at_ms"].as_i64().unwrap();
+    assert!(
+        (json["partitions"][1]["lag_seconds"].as_f64().unwrap() - true_age(json_at, written1))
+            .abs()
+            < 1.0
+    );
     assert_eq!(json["status"], "OK");
 
     // Status: OK while fresh, STALL once no commit moved for stall_after, OK again on a commit.
