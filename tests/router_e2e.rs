@@ -491,3 +491,93 @@ async fn sigkill_mid_stream_never_commits_past_an_unacknowledged_output() {
     let duplicates = all.len() - ids.len();
     println!("killed after {} outputs; {checked} committed events verified; {duplicates} duplicates redelivered after restart", before_restart.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_carry_spring_and_connect_headers_too() {
+    use reflex_core::dead_letter::{DeadLetter, Dialect};
+    let stack = stack();
+    let input = unique("compat-in");
+    let dlq = format!("{input}.dlq");
+    create_topics(&stack.bootstrap, &[(&input, 1), (&dlq, 1)]).await;
+    register_pod_schema(&stack, &input).await;
+    let rules = write_rules(
+        "rules",
+        "[[rule]]\nname = \"all\"\nwhen = 'true'\nto = [\"nowhere\"]\n",
+    );
+    let producer = producer(&stack.bootstrap);
+    let (_, offset) = produce(
+        &producer,
+        &input,
+        Some("k"),
+        b"not avro",
+        ce_headers("c-1", "t", "s"),
+    )
+    .await;
+
+    let log = std::env::temp_dir().join(unique("router-log"));
+    let env = [(
+        "REFLEX_RUNTIME__DEAD_LETTER_COMPAT",
+        "[\"spring\", \"connect\"]",
+    )];
+    let _router = spawn_router_with_env(&stack, &unique("router"), "", &input, &rules, &log, &env);
+    let dead = read_topic(
+        &stack.bootstrap,
+        &dlq,
+        1,
+        Duration::from_secs(60),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "log: {}", read_log(&log));
+    let record = &dead[0];
+    assert_eq!(
+        header_str(record, "kafka_dlt-original-topic"),
+        Some(input.as_str())
+    );
+    assert_eq!(
+        header_str(record, "__connect.errors.topic"),
+        Some(input.as_str())
+    );
+    assert_eq!(
+        header_str(record, "__connect.errors.offset"),
+        Some(offset.to_string().as_str())
+    );
+    // Spring's offset is a big-endian long, as Spring tooling expects.
+    let mut headers = reflex_core::Headers::new();
+    use rdkafka::message::Headers as _;
+    for h in record.headers().unwrap().iter() {
+        if let Some(v) = h.value {
+            headers.push(h.key, v.to_vec());
+        }
+    }
+    assert_eq!(
+        headers.get("kafka_dlt-original-offset"),
+        Some(&offset.to_be_bytes()[..])
+    );
+    // With Reflex's headers removed, the Spring set alone still describes the failure.
+    headers
+        .0
+        .retain(|h| !h.key.starts_with("reflex-") && !h.key.starts_with("__connect"));
+    let read = DeadLetter::from_headers(&headers).expect("spring headers");
+    assert_eq!(read.dialect, Dialect::Spring);
+    assert_eq!(
+        (read.original_topic.as_str(), read.original_offset),
+        (input.as_str(), Some(offset))
+    );
+    assert!(read.message.contains("magic byte"), "{}", read.message);
+
+    // An unknown dialect stops the worker at start with the setting named.
+    let mut bad = spawn_router_with_env(
+        &stack,
+        &unique("router"),
+        "",
+        &input,
+        &rules,
+        &log,
+        &[("REFLEX_RUNTIME__DEAD_LETTER_COMPAT", "[\"kafka-ui\"]")],
+    );
+    assert_eq!(bad.wait_exit(Duration::from_secs(20)), Some(1));
+    assert!(
+        read_log(&log).contains("invalid runtime.dead_letter_compat: `kafka-ui` is not a dialect")
+    );
+}

@@ -50,6 +50,44 @@ pub mod reflex {
     pub const ORIGINAL_GROUP: &str = "reflex-original-group";
 }
 
+/// Spring Kafka's dead-letter headers (`DeadLetterPublishingRecoverer`). Partition, offset and
+/// timestamp are big-endian binary (4, 8 and 8 bytes), the rest UTF-8.
+pub mod spring {
+    pub const EXCEPTION_FQCN: &str = "kafka_dlt-exception-fqcn";
+    pub const EXCEPTION_MESSAGE: &str = "kafka_dlt-exception-message";
+    pub const EXCEPTION_STACKTRACE: &str = "kafka_dlt-exception-stacktrace";
+    pub const ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
+    pub const ORIGINAL_PARTITION: &str = "kafka_dlt-original-partition";
+    pub const ORIGINAL_OFFSET: &str = "kafka_dlt-original-offset";
+    pub const ORIGINAL_TIMESTAMP: &str = "kafka_dlt-original-timestamp";
+    pub const ORIGINAL_CONSUMER_GROUP: &str = "kafka_dlt-original-consumer-group";
+    pub const RETRY_ATTEMPTS: &str = "retry_topic-attempts";
+}
+
+/// Kafka Connect's dead-letter headers (`errors.deadletterqueue.context.headers.enable`), UTF-8.
+pub mod connect {
+    pub const TOPIC: &str = "__connect.errors.topic";
+    pub const PARTITION: &str = "__connect.errors.partition";
+    pub const OFFSET: &str = "__connect.errors.offset";
+    pub const CONNECTOR_NAME: &str = "__connect.errors.connector.name";
+    pub const TASK_ID: &str = "__connect.errors.task.id";
+    pub const STAGE: &str = "__connect.errors.stage";
+    pub const CLASS_NAME: &str = "__connect.errors.class.name";
+    pub const EXCEPTION_CLASS_NAME: &str = "__connect.errors.exception.class.name";
+    pub const EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
+    pub const EXCEPTION_STACKTRACE: &str = "__connect.errors.exception.stacktrace";
+}
+
+/// Kafka Streams' dead-letter headers (KIP-1034), UTF-8.
+pub mod streams {
+    pub const EXCEPTION: &str = "__streams.errors.exception";
+    pub const MESSAGE: &str = "__streams.errors.message";
+    pub const STACKTRACE: &str = "__streams.errors.stacktrace";
+    pub const TOPIC: &str = "__streams.errors.topic";
+    pub const PARTITION: &str = "__streams.errors.partition";
+    pub const OFFSET: &str = "__streams.errors.offset";
+}
+
 /// One Kafka header; the value may be null.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {

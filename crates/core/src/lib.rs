@@ -14,6 +14,7 @@
 
 pub mod actions;
 pub mod avro;
+pub mod dead_letter;
 pub mod error;
 pub mod headers;
 pub mod metrics;

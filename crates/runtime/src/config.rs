@@ -102,6 +102,10 @@ pub struct RuntimeSettings {
     pub retry_max_backoff_ms: u64,
     /// Dead-letter topic of an input topic is `<topic><suffix>`.
     pub dead_letter_suffix: String,
+    /// Also write the dead-letter header names other tools read: any of `spring` (Spring
+    /// Kafka `kafka_dlt-*`), `connect` (Kafka Connect `__connect.errors.*`), `streams`
+    /// (Kafka Streams `__streams.errors.*`). Reflex's own `reflex-*` headers are always written.
+    pub dead_letter_compat: Vec<String>,
     /// Name of this replica in dead-letter headers and logs; empty means `<stage>-<pid>`.
     pub worker_id: String,
     /// Address of `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9090` in a pod; port 0

@@ -1,6 +1,7 @@
 //! Dead-letter records: the original key, value and headers, plus headers that say what failed,
 //! where and how often, so `reflexctl` and the reprocessor can inspect and replay it.
 
+use reflex_core::dead_letter::{compat_headers, DeadLetter, Dialect};
 use reflex_core::headers::reflex as h;
 
 use crate::stage::{Event, Output, StageError};
@@ -13,6 +14,8 @@ pub struct FailureContext<'a> {
     pub attempts: u32,
     pub first_failure_ms: i64,
     pub dead_letter_suffix: &'a str,
+    /// Other tools' header dialects to write too (`runtime.dead_letter_compat`).
+    pub compat: &'a [Dialect],
 }
 
 /// Builds the dead-letter record for `event` on `<topic><suffix>`.
@@ -31,6 +34,22 @@ pub fn dead_letter(event: &Event, error: &StageError, ctx: &FailureContext<'_>) 
         headers.set(h::ORIGINAL_TIMESTAMP_MS, ts.to_string());
     }
     headers.set(h::ORIGINAL_GROUP, ctx.group);
+    if !ctx.compat.is_empty() {
+        let normalised = DeadLetter {
+            dialect: Dialect::Reflex,
+            original_topic: event.topic.clone(),
+            original_partition: Some(event.partition),
+            original_offset: Some(event.offset),
+            original_timestamp_ms: event.timestamp_ms,
+            error_class: error.class,
+            message: truncate(&error.message, 4096).to_string(),
+            origin: ctx.stage.to_string(),
+            attempts: Some(ctx.attempts),
+        };
+        for (key, value) in compat_headers(&normalised, ctx.compat) {
+            headers.set(key, value);
+        }
+    }
     Output {
         topic: dead_letter_topic(&event.topic, ctx.dead_letter_suffix),
         key: event.key.clone(),
@@ -81,8 +100,20 @@ mod tests {
             attempts: 1,
             first_failure_ms: 5,
             dead_letter_suffix: ".dlq",
+            compat: &[Dialect::Spring, Dialect::Connect],
         };
         let out = dead_letter(&event, &StageError::poison("bad bytes"), &ctx);
+        // Spring and Connect tooling find what they expect; reading it back gives the same origin.
+        assert_eq!(
+            out.headers.get("kafka_dlt-original-offset"),
+            Some(&41i64.to_be_bytes()[..])
+        );
+        assert_eq!(out.headers.get_str("__connect.errors.offset"), Some("41"));
+        let read = DeadLetter::from_headers(&out.headers).unwrap();
+        assert_eq!(
+            (read.original_partition, read.original_offset),
+            (Some(2), Some(41))
+        );
         assert_eq!(out.topic, "in.dlq");
         assert_eq!(out.payload, event.payload);
         assert_eq!(out.key, event.key);

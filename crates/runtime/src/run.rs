@@ -42,6 +42,11 @@ pub enum RuntimeError {
     },
     #[error("cannot serve /metrics on {listen}: {message} (set runtime.http_listen)")]
     Http { listen: String, message: String },
+    #[error("invalid {field}: {message}")]
+    Setting {
+        field: &'static str,
+        message: String,
+    },
     #[error("no input topics configured: set kafka.input_topics (or REFLEX_KAFKA__INPUT_TOPICS)")]
     NoInputTopics,
     #[error("a record for {topic} was not acknowledged by the broker: {message}; stopping without committing past its event, which will be redelivered")]
@@ -58,6 +63,16 @@ pub async fn run<S: Stage>(
     if kafka.input_topics.is_empty() {
         return Err(RuntimeError::NoInputTopics);
     }
+    let compat = runtime
+        .dead_letter_compat
+        .iter()
+        .map(|name| {
+            reflex_core::dead_letter::Dialect::parse(name).ok_or_else(|| RuntimeError::Setting {
+                field: "runtime.dead_letter_compat",
+                message: format!("`{name}` is not a dialect: use spring, connect or streams"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let worker_id = if runtime.worker_id.is_empty() {
         format!("{}-{}", stage.name(), std::process::id())
     } else {
@@ -112,6 +127,7 @@ pub async fn run<S: Stage>(
         in_flight: AtomicUsize::new(0),
         progress: Notify::new(),
         fatal: Mutex::new(None),
+        compat,
     });
     let lanes: Vec<mpsc::UnboundedSender<Event>> = (0..runtime.key_lanes.max(1))
         .map(|_| {
@@ -232,6 +248,8 @@ struct Shared<S> {
     /// Notified whenever an event finishes (backpressure release, drain).
     progress: Notify,
     fatal: Mutex<Option<(String, String)>>,
+    /// Dead-letter header dialects written besides Reflex's own.
+    compat: Vec<reflex_core::dead_letter::Dialect>,
 }
 
 impl<S: Stage> Shared<S> {
@@ -287,6 +305,7 @@ impl<S: Stage> Shared<S> {
                 attempts: attempt,
                 first_failure_ms: first_failure_ms.unwrap_or_else(now_ms),
                 dead_letter_suffix: &self.runtime.dead_letter_suffix,
+                compat: &self.compat,
             };
             trace::record_error(&tracing::Span::current(), error.class.as_str());
             let record = dead_letter(event, &error, &ctx);
