@@ -8,6 +8,8 @@
 //!   and produce it with CloudEvents binary-mode headers.
 //! - `tail`: consume a topic and print each record as one JSON line, value decoded via the
 //!   registry.
+//! - `dlq inspect`: a dead-letter topic grouped by error class, stage and original topic, for
+//!   dead letters written by Reflex, Spring Kafka, Kafka Connect or Kafka Streams.
 //! - `lag`: consumer-group lag in offsets and seconds with a Burrow-style status; `--serve`
 //!   turns it into a Prometheus exporter.
 //!
@@ -22,6 +24,7 @@ use clap::{Args, Parser, Subcommand};
 use rdkafka::config::ClientConfig;
 use reflex_core::registry::{RegistryClient, RegistryError};
 
+pub mod dlq;
 pub mod lag;
 pub mod publish;
 pub mod schemas;
@@ -110,6 +113,9 @@ pub enum Command {
     /// Print a topic's records as JSON lines, values decoded via the registry.
     #[command(long_about = tail::LONG_ABOUT)]
     Tail(tail::TailArgs),
+    /// Inspect dead-letter topics (Reflex, Spring, Kafka Connect and Kafka Streams headers).
+    #[command(subcommand, long_about = dlq::LONG_ABOUT)]
+    Dlq(dlq::DlqCommand),
     /// Consumer-group lag in offsets and seconds, with a Burrow-style status.
     #[command(long_about = lag::LONG_ABOUT)]
     Lag(lag::LagArgs),
@@ -124,6 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => publish::run(&global, args).await,
         Command::Tail(args) => tail::run(&global, args).await,
         Command::Lag(args) => lag::run(&global, args).await,
+        Command::Dlq(cmd) => dlq::run(&global, cmd).await,
     };
     result.map_err(|e| {
         let unreachable = e.chain().any(|cause| {

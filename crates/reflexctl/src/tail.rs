@@ -80,67 +80,12 @@ pub async fn run(global: &Global, args: TailArgs) -> anyhow::Result<ExitCode> {
     if args.max == Some(0) {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut config = global.kafka_config();
-    config.set("enable.partition.eof", "false").set(
-        "auto.offset.reset",
-        if args.from_beginning {
-            "earliest"
-        } else {
-            "latest"
-        },
-    );
-    match &args.group {
-        Some(group) => config
-            .set("group.id", group)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false"),
-        // librdkafka wants a group id even for assign(); this one never joins or commits.
-        None => config
-            .set(
-                "group.id",
-                format!("reflexctl-tail-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false"),
-    };
-    let consumer: StreamConsumer = config
-        .create()
-        .context("cannot create the Kafka consumer")?;
-
-    let metadata = consumer
-        .fetch_metadata(None, METADATA_TIMEOUT)
-        .with_context(|| {
-            format!(
-                "cannot read metadata from Kafka at {} (check --bootstrap / \
-                 REFLEX_KAFKA__BOOTSTRAP_SERVERS and that the broker runs)",
-                global.bootstrap
-            )
-        })?;
-    let Some(topic) = metadata.topics().iter().find(|t| t.name() == args.topic) else {
-        bail!(
-            "topic {} does not exist on {}: check the name (declared topics are in topics/*.toml)",
-            args.topic,
-            global.bootstrap
-        );
-    };
-    if args.group.is_some() {
-        consumer
-            .subscribe(&[&args.topic])
-            .with_context(|| format!("cannot subscribe to {}", args.topic))?;
-    } else {
-        let start = if args.from_beginning {
-            Offset::Beginning
-        } else {
-            Offset::End
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in topic.partitions() {
-            tpl.add_partition_offset(&args.topic, p.id(), start)
-                .map_err(|e| anyhow!("cannot assign partition {}: {e}", p.id()))?;
-        }
-        consumer
-            .assign(&tpl)
-            .with_context(|| format!("cannot assign the partitions of {}", args.topic))?;
-    }
+    let consumer = open(
+        global,
+        &args.topic,
+        args.from_beginning,
+        args.group.as_deref(),
+    )?;
 
     let registry = global.registry();
     let mut decoder = Decoder::new(registry);
@@ -189,6 +134,75 @@ pub async fn run(global: &Global, args: TailArgs) -> anyhow::Result<ExitCode> {
             .context("cannot commit the printed offsets for --group")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A consumer on every partition of `topic` (from the beginning or the end), committing nothing;
+/// or, with `group`, subscribed as that group (offsets stored by the caller).
+pub fn open(
+    global: &Global,
+    topic_name: &str,
+    from_beginning: bool,
+    group: Option<&str>,
+) -> anyhow::Result<StreamConsumer> {
+    let mut config = global.kafka_config();
+    config.set("enable.partition.eof", "false").set(
+        "auto.offset.reset",
+        if from_beginning { "earliest" } else { "latest" },
+    );
+    match group {
+        Some(group) => config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false"),
+        // librdkafka wants a group id even for assign(); this one never joins or commits.
+        None => config
+            .set(
+                "group.id",
+                format!("reflexctl-tail-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false"),
+    };
+    let consumer: StreamConsumer = config
+        .create()
+        .context("cannot create the Kafka consumer")?;
+
+    let metadata = consumer
+        .fetch_metadata(None, METADATA_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "cannot read metadata from Kafka at {} (check --bootstrap / \
+                 REFLEX_KAFKA__BOOTSTRAP_SERVERS and that the broker runs)",
+                global.bootstrap
+            )
+        })?;
+    let Some(topic) = metadata.topics().iter().find(|t| t.name() == topic_name) else {
+        bail!(
+            "topic {} does not exist on {}: check the name (declared topics are in topics/*.toml)",
+            topic_name,
+            global.bootstrap
+        );
+    };
+    if group.is_some() {
+        consumer
+            .subscribe(&[topic_name])
+            .with_context(|| format!("cannot subscribe to {}", topic_name))?;
+    } else {
+        let start = if from_beginning {
+            Offset::Beginning
+        } else {
+            Offset::End
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in topic.partitions() {
+            tpl.add_partition_offset(topic_name, p.id(), start)
+                .map_err(|e| anyhow!("cannot assign partition {}: {e}", p.id()))?;
+        }
+        consumer
+            .assign(&tpl)
+            .with_context(|| format!("cannot assign the partitions of {}", topic_name))?;
+    }
+
+    Ok(consumer)
 }
 
 /// Decodes values, caching the parsed schema (or the failure) per schema id.
