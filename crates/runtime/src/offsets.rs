@@ -7,7 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 /// when lanes finish out of order.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    partitions: HashMap<(String, i32), PartitionState>,
+    /// topic → partition → state; keyed by topic first so lookups borrow the `&str` (no
+    /// allocation per event).
+    partitions: HashMap<String, HashMap<i32, PartitionState>>,
 }
 
 #[derive(Debug, Default)]
@@ -20,9 +22,14 @@ struct PartitionState {
 impl OffsetTracker {
     /// Records that `offset` was taken from the partition and is now in flight.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        let state = self
-            .partitions
-            .entry((topic.to_string(), partition))
+        if !self.partitions.contains_key(topic) {
+            self.partitions.insert(topic.to_string(), HashMap::new());
+        }
+        let Some(topic_state) = self.partitions.get_mut(topic) else {
+            return;
+        };
+        let state = topic_state
+            .entry(partition)
             .or_insert_with(|| PartitionState {
                 // Nothing before the first taken offset is ours to store.
                 last_safe: Some(offset - 1),
@@ -35,7 +42,7 @@ impl OffsetTracker {
     /// Marks `offset` finished. Returns the new highest safe offset (the last finished offset of
     /// the contiguous prefix) when it advanced, i.e. when something new may be stored.
     pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let state = self.partitions.get_mut(&(topic.to_string(), partition))?;
+        let state = self.partitions.get_mut(topic)?.get_mut(&partition)?;
         if !state.in_flight.remove(&offset) {
             return None; // revoked meanwhile, or already finished
         }
@@ -53,12 +60,18 @@ impl OffsetTracker {
 
     /// Forgets a partition (revoked in a rebalance): late completions for it are ignored.
     pub fn forget(&mut self, topic: &str, partition: i32) {
-        self.partitions.remove(&(topic.to_string(), partition));
+        if let Some(topic_state) = self.partitions.get_mut(topic) {
+            topic_state.remove(&partition);
+        }
     }
 
     /// Events in flight across all partitions.
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|s| s.in_flight.len()).sum()
+        self.partitions
+            .values()
+            .flat_map(HashMap::values)
+            .map(|s| s.in_flight.len())
+            .sum()
     }
 }
 
