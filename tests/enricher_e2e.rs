@@ -411,7 +411,8 @@ async fn hset_owner(url: &str, key: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enricher_retries_when_redis_is_down_then_dead_letters_as_transient_and_recovers() {
+async fn enricher_retries_when_redis_is_down_then_dead_letters_as_transient_and_recovers_in_key_order(
+) {
     let stack = stack();
     let input = unique("enr-redis-in");
     let output = unique("enr-redis-out");
@@ -506,6 +507,10 @@ async fn enricher_retries_when_redis_is_down_then_dead_letters_as_transient_and_
         routed_headers("up-2"),
     )
     .await;
+    // Same key as the failed event: parked behind it until the reprocessor delivers both back,
+    // in order.
+    let re_log = std::env::temp_dir().join(unique("enricher-reprocessor-log"));
+    let _reprocessor = spawn_reprocessor(&stack, &unique("enr-reprocessor"), &dlq, &re_log, &[]);
     let got = read_topic_until(
         &stack.bootstrap,
         &output,
@@ -517,10 +522,25 @@ async fn enricher_retries_when_redis_is_down_then_dead_letters_as_transient_and_
         },
     )
     .await;
-    assert!(
-        got.iter()
-            .any(|m| header_str(m, "ce_causationid") == Some("up-2")),
-        "no output after Redis came back; log: {}",
-        read_log(&log)
+    let order: Vec<&str> = got
+        .iter()
+        .filter_map(|m| header_str(m, "ce_causationid"))
+        .collect();
+    assert_eq!(
+        order,
+        ["up-1", "down-1", "up-2"],
+        "the failed event, then the one parked behind it; log: {}\nreprocessor: {}",
+        read_log(&log),
+        read_log(&re_log)
     );
+    let parked = read_topic(
+        &stack.bootstrap,
+        &dlq,
+        2,
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(header_str(&parked[1], "ce_id"), Some("up-2"));
+    assert_eq!(header_str(&parked[1], rh::PARKED_BEHIND), Some("down-1"));
 }

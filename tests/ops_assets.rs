@@ -312,6 +312,9 @@ fn every_alert_has_severity_annotations_and_an_existing_runbook() {
         "ReflexKillSwitchOn",
         "ReflexDeadLettersGrowing",
         "ReflexBackpressureSustained",
+        // Non-blocking retries: keys parked with no progress, dead letters given up on.
+        "ReflexKeysParkedTooLong",
+        "ReflexRedeliveriesGivingUp",
     ] {
         assert!(
             alerts.iter().any(|a| a.name == required),
@@ -380,6 +383,12 @@ fn every_metric_name_used_in_ops_is_defined() {
         "reflex_dead_letters_total",
         "reflex_paused_partitions",
         "reflex_processing_duration_seconds_bucket",
+        "reflex_parked_keys",
+        "reflex_parked_events_total",
+        "reflex_redeliveries_total",
+        "reflex_redelivery_giveups_total",
+        "reflex_redelivery_skips_total",
+        "reflex_delayed_partitions",
     ] {
         assert!(used.contains(name), "{name} is not used in ops/");
     }

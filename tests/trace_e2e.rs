@@ -49,6 +49,18 @@ async fn the_router_continues_the_trace_and_exports_a_process_span() {
         with_trace(ce_headers("traced-1", "t", "s")),
     )
     .await;
+    // The same trace replayed from a dead-letter topic: a new trace linked to the original.
+    produce(
+        &producer,
+        &input,
+        Some("pod"),
+        &pod_event(schema_id, "pod", 2, 5, "CrashLoopBackOff"),
+        with_trace(ce_headers("traced-replayed", "t", "s")).insert(Header {
+            key: "reflex-replay-id",
+            value: Some("replay-trace-test"),
+        }),
+    )
+    .await;
     // A bad event whose dead-letter log line must carry its correlation id.
     let bad_headers = ce_headers("traced-bad", "t", "s").insert(Header {
         key: "ce_correlationid",
@@ -67,12 +79,12 @@ async fn the_router_continues_the_trace_and_exports_a_process_span() {
     let routed = read_topic(
         &stack.bootstrap,
         &out,
-        1,
+        2,
         Duration::from_secs(60),
         Duration::ZERO,
     )
     .await;
-    assert_eq!(routed.len(), 1, "log: {}", read_log(&log));
+    assert_eq!(routed.len(), 2, "log: {}", read_log(&log));
     let downstream = header_str(&routed[0], "traceparent")
         .expect("output carries traceparent")
         .to_string();
@@ -114,6 +126,29 @@ async fn the_router_continues_the_trace_and_exports_a_process_span() {
         span["parentSpanId"].as_str().unwrap().to_lowercase(),
         PARENT_SPAN
     );
+    // The replayed event: its own trace, with a link back to the original span.
+    let replayed = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            span_attribute(s, "messaging.message.id").map(|v| v["stringValue"].clone())
+                == Some(serde_json::json!("traced-replayed"))
+        })
+        .cloned()
+        .expect("the replayed event's span was exported");
+    assert_ne!(
+        replayed["traceId"].as_str().unwrap().to_lowercase(),
+        TRACE_ID,
+        "a replay starts its own trace"
+    );
+    let link = &replayed["links"][0];
+    assert_eq!(
+        link["traceId"].as_str().unwrap().to_lowercase(),
+        TRACE_ID,
+        "{replayed}"
+    );
+    assert_eq!(link["spanId"].as_str().unwrap().to_lowercase(), PARENT_SPAN);
     assert_eq!(span["name"], format!("process {input}"));
     assert_eq!(span["kind"], 5, "SPAN_KIND_CONSUMER");
     assert_eq!(

@@ -287,8 +287,26 @@ def on_call():
     p.append(panel(lay, "timeseries", "Paused partitions by stage", [(
         'sum by (stage) (reflex_paused_partitions)', "{{stage}}")], unit="short",
         description="> 0 for 15m raises ReflexBackpressureSustained."))
+    p.append(row(lay, "Non-blocking retries: parked keys and the reprocessor"))
+    p.append(panel(lay, "timeseries", "Parked keys by stage", [
+        ('sum by (stage) (reflex_parked_keys)', "{{stage}} keys parked"),
+        (f'sum by (stage) (rate(reflex_parked_events_total[{RI}]))', "{{stage}} events parked /s"),
+    ], unit="short",
+        description="Keys whose later events wait behind an event awaiting redelivery (runtime.park_keys), and the rate "
+                    "of events parked behind them. Needs reflex-reprocessor running; > 0 for 30m raises ReflexKeysParkedTooLong."))
+    p.append(panel(lay, "timeseries", "Redeliveries, give-ups and skips by class (reprocessor)", [
+        (f'sum by (class) (rate(reflex_redeliveries_total[{RI}]))', "{{class}} redelivered"),
+        (f'sum by (class) (rate(reflex_redelivery_giveups_total[{RI}]))', "{{class}} given up (to .parked)"),
+        (f'sum by (class) (rate(reflex_redelivery_skips_total[{RI}]))', "{{class}} left for a human"),
+    ], unit="ops",
+        description="Dead letters the reprocessor delivered back, gave up on after reprocessor.max_redeliveries "
+                    "(moved to <topic>.parked: ReflexRedeliveriesGivingUp) and left on the .dlq topic for reflexctl dlq replay."))
+    p.append(panel(lay, "timeseries", "Delayed partitions by stage", [(
+        'sum by (stage) (reflex_delayed_partitions)', "{{stage}}")], w=24, h=6, unit="short",
+        description="Partitions paused until a record's not-before time (the reprocessor waiting for redeliveries to be due). "
+                    "Expected while retries are scheduled; unlike paused partitions this is not backpressure."))
     return dashboard("reflex-on-call", "Reflex / On-call",
-                     "Triage: failing actions, guardrails, lag and consumer health, dead letters, backpressure.",
+                     "Triage: failing actions, guardrails, lag and consumer health, dead letters, backpressure, parked keys and redeliveries.",
                      p, [var_query("group", "Consumer group", "label_values(kafka_consumergroup_group_max_lag_seconds, group)")],
                      ["on-call"])
 
@@ -313,6 +331,17 @@ def debug():
         (f'sum by (stage) (rate(reflex_retries_total{{{s}}}[{RI}]))', "{{stage}} retries"),
         (f'sum by (stage) (rate(reflex_backpressure_pauses_total{{{s}}}[{RI}]))', "{{stage}} pauses"),
     ], w=8, unit="ops"))
+    p.append(panel(lay, "timeseries", "Parked keys and delayed partitions by stage", [
+        (f'sum by (stage) (reflex_parked_keys{{{s}}})', "{{stage}} parked keys"),
+        (f'sum by (stage) (reflex_delayed_partitions{{{s}}})', "{{stage}} delayed partitions"),
+    ], w=8, unit="short",
+        description="Per-key parking behind events awaiting redelivery, and partitions paused until a not-before time."))
+    p.append(panel(lay, "timeseries", "Redeliveries and give-ups by class", [
+        (f'sum by (class) (rate(reflex_redeliveries_total[{RI}]))', "{{class}} redelivered"),
+        (f'sum by (class) (rate(reflex_redelivery_giveups_total[{RI}]))', "{{class}} given up"),
+    ], w=8, unit="ops"))
+    p.append(panel(lay, "timeseries", "Events parked behind a key by stage", [(
+        f'sum by (stage) (rate(reflex_parked_events_total{{{s}}}[{RI}]))', "{{stage}}")], w=8, unit="ops"))
     p.append(panel(lay, "timeseries", "Events in / out / dropped by stage", [
         (f'sum by (stage) (rate(reflex_events_in_total{{{s}}}[{RI}]))', "{{stage}} in"),
         (f'sum by (stage) (rate(reflex_events_out_total{{{s}}}[{RI}]))', "{{stage}} out"),
@@ -342,7 +371,7 @@ def debug():
         (f'max by (group) (kafka_consumergroup_group_max_lag_seconds{{{g}}})', "{{group}} seconds"),
     ], w=24, unit="short"))
     return dashboard("reflex-debug", "Reflex / Debug",
-                     "Deep debugging: processing latency per stage, per-partition lag and throughput, retries, rules, lookups.",
+                     "Deep debugging: processing latency per stage, per-partition lag and throughput, retries and redeliveries, rules, lookups.",
                      p, [var_query("group", "Consumer group", "label_values(kafka_consumergroup_group_max_lag_seconds, group)"),
                          var_query("stage", "Stage", "label_values(reflex_events_in_total, stage)")],
                      ["debug"])

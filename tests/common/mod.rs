@@ -327,6 +327,10 @@ pub struct Target {
     pub latency_ms: AtomicU64,
     /// Idempotency-Key → (webhook-id, webhook-timestamp, webhook-signature, body) when signed.
     pub signed: Mutex<HashMap<String, (String, String, String, String)>>,
+    /// Idempotency-Key → (status to answer, how many more times) before behaving normally.
+    pub scripted: Mutex<HashMap<String, (u16, u32)>>,
+    /// Idempotency-Keys in the order their effects were applied.
+    pub applied: Mutex<Vec<String>>,
 }
 
 impl Target {
@@ -347,6 +351,19 @@ impl Target {
 
     pub fn snapshot(&self) -> HashMap<String, (u32, u32)> {
         self.keys.lock().unwrap().clone()
+    }
+
+    /// The next `times` requests with this Idempotency-Key get `status` and no effect.
+    pub fn fail(&self, key: &str, status: u16, times: u32) {
+        self.scripted
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), (status, times));
+    }
+
+    /// Idempotency-Keys in the order their effects were applied.
+    pub fn applied(&self) -> Vec<String> {
+        self.applied.lock().unwrap().clone()
     }
 }
 
@@ -383,15 +400,22 @@ pub async fn handle(State(t): State<Arc<Target>>, headers: HeaderMap, body: Stri
         });
     {
         let mut keys = t.keys.lock().unwrap();
-        let entry = keys.entry(key).or_default();
+        let entry = keys.entry(key.clone()).or_default();
         entry.0 += 1;
         if t.unavailable.load(Ordering::Relaxed) {
             return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        if let Some((status, left)) = t.scripted.lock().unwrap().get_mut(&key) {
+            if *left > 0 {
+                *left -= 1;
+                return StatusCode::from_u16(*status).unwrap();
+            }
         }
         if entry.1 == 0 {
             // First time for this key: apply the effect. Later requests replay the response.
             entry.1 = 1;
             t.effects.lock().unwrap().push(Instant::now());
+            t.applied.lock().unwrap().push(key.clone());
         }
     }
     // The effect is applied before the response: a caller that dies now never learns it (F6).
@@ -400,4 +424,209 @@ pub async fn handle(State(t): State<Arc<Target>>, headers: HeaderMap, body: Stri
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     StatusCode::OK
+}
+
+/// The dead-letter reprocessor as a separate process consuming `dlq`, with `extra_env`.
+pub fn spawn_reprocessor(
+    stack: &Stack,
+    group: &str,
+    dlq: &str,
+    log: &Path,
+    extra_env: &[(&str, &str)],
+) -> ChildGuard {
+    let mut command = worker_command("reflex-reprocessor", stack, group, "", dlq, log);
+    command.envs(extra_env.iter().copied());
+    ChildGuard::spawn("reflex-reprocessor", &mut command)
+}
+
+// ---------------------------------------------------------------- scenario packs
+
+/// One request a [`PackTarget`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub key: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    /// False when the key had been applied before (a replayed request).
+    pub applied: bool,
+}
+
+/// A test HTTP API for the scenario packs (it stands in for Kubernetes, a pager, a ticketing
+/// system, an EDR, like scripts/fake-target.py): any method on any path, each
+/// `Idempotency-Key` applied once, every request recorded.
+#[derive(Default)]
+pub struct PackTarget {
+    pub seen: Mutex<Vec<Seen>>,
+}
+
+impl PackTarget {
+    pub async fn start() -> (Arc<PackTarget>, SocketAddr) {
+        let target = Arc::new(PackTarget::default());
+        let app = axum::Router::new()
+            .fallback(pack_target_handle)
+            .with_state(target.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (target, addr)
+    }
+
+    /// The applied effects (first request per key), as `METHOD path`.
+    pub fn effects(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.applied)
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn pack_target_handle(
+    State(t): State<Arc<PackTarget>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let mut seen = t.seen.lock().unwrap();
+    let applied = !seen.iter().any(|s| s.key == key);
+    seen.push(Seen {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        key,
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body,
+        applied,
+    });
+    StatusCode::OK
+}
+
+/// A worker binary started with `--config <config>` (input topics and group from the file),
+/// pointed at the test stack; `extra_env` overrides anything; stderr (JSON logs) to `log`.
+pub fn spawn_with_config(
+    bin: &str,
+    stack: &Stack,
+    config: &Path,
+    log: &Path,
+    extra_env: &[(&str, &str)],
+) -> ChildGuard {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut command = Command::new(workspace_bin(bin));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
+        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
+        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
+        .env("REFLEX_REGISTRY__URL", &stack.registry_url)
+        .env("RUST_LOG", "info");
+    // Unknown sections are config errors, so each worker gets only its own Redis variable.
+    match bin {
+        "reflex-enricher" => {
+            command.env("REFLEX_ENRICHER__REDIS_URL", &stack.redis_url);
+        }
+        "reflex-actor" => {
+            command.env("REFLEX_ACTOR__REDIS_URL", &stack.redis_url);
+        }
+        _ => {}
+    }
+    command
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file));
+    ChildGuard::spawn(bin, &mut command)
+}
+
+// ---------------------------------------------------------------- action requests
+
+use reflex_core::actions::{ActionKind, ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
+
+/// A `restart` HTTP action request for `event_id`, acting on `pod`.
+pub fn action_request(event_id: &str, pod: &str) -> ActionRequest {
+    ActionRequest {
+        idempotency_key: reflex_core::actions::idempotency_key(event_id, "restart"),
+        action: "restart".into(),
+        kind: ActionKind::Http,
+        target: "k8s-gateway".into(),
+        params: std::collections::BTreeMap::from([("pod".into(), pod.into())]),
+        body: None,
+        event_id: event_id.into(),
+        event_type: "io.k8s.pod.crashloop".into(),
+        rule: Some("crashloop".into()),
+        correlation_id: format!("corr-{event_id}"),
+        context: std::collections::BTreeMap::new(),
+        dry_run: false,
+        requested_at: 1_700_000_000_000,
+    }
+}
+
+/// Registers the ActionRequest schema for `topic` and returns its codec.
+pub async fn action_request_codec(stack: &Stack, topic: &str) -> AvroCodec<ActionRequest> {
+    let id = registry(stack)
+        .register(&format!("{topic}-value"), ACTION_REQUEST_SCHEMA)
+        .await
+        .expect("register the request schema");
+    AvroCodec::new(id, ACTION_REQUEST_SCHEMA).unwrap()
+}
+
+/// An actor config file with one `restart` HTTP action against `addr` (`/act/<pod>`), one
+/// attempt per delivery, a unique Redis prefix, and `extra` TOML lines in the action table.
+pub fn restart_actor_config(
+    outcomes: &str,
+    blast_parked: &str,
+    addr: SocketAddr,
+    extra: &str,
+) -> PathBuf {
+    let dir = std::env::temp_dir().join(reflex_testkit::unique("actor-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("actor.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[actor]
+redis_prefix = "{prefix}"
+outcomes_topic = "{outcomes}"
+parked_topic = "{blast_parked}"
+claim_lease_ms = 2000
+claim_poll_ms = 50
+
+[[actor.action]]
+name = "restart"
+kind = "http"
+url = "http://{addr}/act/{{{{ params.pod }}}}"
+timeout_ms = 3000
+max_attempts = 1
+{extra}
+"#,
+            prefix = reflex_testkit::unique("actor"),
+        ),
+    )
+    .unwrap();
+    path
 }

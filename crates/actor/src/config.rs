@@ -55,9 +55,25 @@ pub struct ActorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActorSettings {
+    /// Where claims, done records, rate and blast-radius counters and the kill switch live:
+    /// `redis` (fleet-wide; start-up fails without it), `memory` (in-process: one replica
+    /// only, nothing shared or durable) or `auto` (Redis if `redis_url` is set and answers at
+    /// start, else in-process, with a warn line saying so).
+    pub state_backend: String,
     /// Redis holding idempotency claims, done records, rate-limit and blast-radius counters and
     /// the kill switch. Every replica of the fleet must use the same one.
     pub redis_url: String,
+    /// Redis ACL user name (empty: the URL's, or the default user).
+    pub redis_username: String,
+    /// Redis password as a secret reference, `env:NAME` or `file:PATH` (empty: the URL's, or
+    /// none). Keeps the password out of `redis_url` and the config file.
+    pub redis_password: String,
+    /// Hosts `http` actions may call: `host`, `host:port` or `*.example.com` (any subdomain).
+    /// A rendered URL whose host is not listed is refused as a permanent error (dead letter),
+    /// never sent. Empty allows any host (a warning is logged at start); set it in production.
+    pub allowed_hosts: Vec<String>,
+    /// URL schemes `http` actions may use.
+    pub allowed_schemes: Vec<String>,
     /// Prefix of every Redis key: `<prefix>:claim:<idempotency key>`, `<prefix>:done:<key>`,
     /// `<prefix>:rate:<action>`, `<prefix>:blast:<action>:<window>`, `<prefix>:killswitch`.
     pub redis_prefix: String,
@@ -587,6 +603,43 @@ url = "{{ target }}"
     }
 
     #[test]
+    fn allowlist_matches_hosts_ports_and_subdomains() {
+        let hosts = [
+            "gw.local",
+            "api.example.com:8443",
+            "*.svc.cluster.local",
+            "127.0.0.1",
+        ]
+        .map(String::from);
+        let a = Allowlist::new(&hosts, &["http".into(), "https".into()]).unwrap();
+        for ok in [
+            "http://gw.local/pods/x",
+            "https://GW.local:9999/",
+            "https://api.example.com:8443/x",
+            "http://k8s.svc.cluster.local/",
+            "http://127.0.0.1:5000/hook",
+        ] {
+            assert!(a.check(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("http://evil.example/x", "`evil.example`"),
+            ("https://api.example.com/x", "port 443"),
+            ("http://svc.cluster.local/", "`svc.cluster.local`"),
+            ("http://gw.local.evil.example/", "`gw.local.evil.example`"),
+            ("http://gw.local@evil.example/", "`evil.example`"),
+            ("file:///etc/passwd", "actor.allowed_schemes"),
+        ] {
+            let e = a.check(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.contains("actor.allowed_"), "{bad}: {e}");
+        }
+        let open = Allowlist::new(&[], &["https".into()]).unwrap();
+        assert!(open.check("https://anything/").is_ok());
+        assert!(open.check("http://anything/").is_err());
+        assert!(Allowlist::new(&["http://x/".into()], &[]).is_err());
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let text = include_str!("../actor.example.toml");
         let (actions, _) = compile(
@@ -596,5 +649,85 @@ url = "{{ target }}"
         )
         .unwrap();
         assert!(actions.iter().any(|a| a.settings.name == "restart-pod"));
+    }
+}
+
+/// Where `http` actions may go: `actor.allowed_hosts` and `actor.allowed_schemes`.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    hosts: Vec<String>,
+    schemes: Vec<String>,
+}
+
+impl Allowlist {
+    /// Normalises the entries (lower case); an entry that is not a host pattern is an error.
+    pub fn new(hosts: &[String], schemes: &[String]) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for h in hosts {
+            let h = h.trim().to_ascii_lowercase();
+            let bare = h.strip_prefix("*.").unwrap_or(&h);
+            if bare.is_empty() || bare.contains('/') || bare.contains('*') || bare.contains('@') {
+                return Err(format!(
+                    "actor.allowed_hosts: `{h}` is not `host`, `host:port` or `*.domain`"
+                ));
+            }
+            out.push(h);
+        }
+        Ok(Self {
+            hosts: out,
+            schemes: schemes
+                .iter()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect(),
+        })
+    }
+
+    /// Whether any host is allowed (no list configured).
+    pub fn is_open(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Checks a rendered URL; the error names the host (or scheme) and the setting.
+    pub fn check(&self, url: &str) -> Result<(), String> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+        let scheme = parsed.scheme();
+        if !self.schemes.iter().any(|s| s == scheme) {
+            return Err(format!(
+                "scheme `{scheme}` of `{url}` is not in actor.allowed_schemes ({})",
+                self.schemes.join(", ")
+            ));
+        }
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("`{url}` has no host"))?
+            .to_ascii_lowercase();
+        if self.is_open() {
+            return Ok(());
+        }
+        let port = parsed.port_or_known_default();
+        let allowed = self.hosts.iter().any(|entry| {
+            let (pattern, want_port) = match entry.rsplit_once(':') {
+                // `[::1]:8080` and `host:8080`; a bare IPv6 literal has no `]:`.
+                Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
+                    (h, p.parse::<u16>().ok())
+                }
+                _ => (entry.as_str(), None),
+            };
+            let host_ok = match pattern.strip_prefix("*.") {
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => host == pattern,
+            };
+            host_ok && want_port.is_none_or(|p| Some(p) == port)
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "host `{host}`{} is not in actor.allowed_hosts: the request was not sent (add it to the list if this target is approved)",
+                port.map(|p| format!(" (port {p})")).unwrap_or_default()
+            ))
+        }
     }
 }

@@ -21,12 +21,18 @@
 //! re-emits the same record (same `ce_id`): the effect is produced by the runtime after the
 //! claim is marked done, so re-emitting keeps it at least once and downstream dedups by `ce_id`.
 //!
+//! The state lives in Redis by default; `actor.state_backend = "memory"` (or `"auto"` with no
+//! reachable Redis) keeps it in process for a single replica instead ([`state`]), with a warn
+//! line at start-up saying it is neither shared nor durable.
+//!
 //! **Attempts and outcomes.** Transient HTTP failures (5xx, 408, 425, 429, timeouts, connection
 //! errors) are retried inside the stage with backoff up to the action's `max_attempts`; other
 //! 4xx are permanent and not retried. Every attempt yields one outcome; the last one carries the
 //! header `reflex-final: true`. A failed action ends with a `FAILED` final outcome (its
-//! `error_class` is `transient` or `permanent`) and the event is finished: one consistent rule,
-//! no dead letter for failed effects (the outcome topic is the record and the replay source).
+//! `error_class` is `transient` or `permanent`) and the event is dead-lettered with that class:
+//! a permanent failure waits for `reflexctl dlq replay`, a transient one is delivered again by
+//! the reprocessor after its not-before time (later requests with its key park behind it), with
+//! the same `Idempotency-Key`.
 //! Requests that cannot be executed at all (undecodable, unknown action, a template that fails
 //! on this request, too many hops) are dead-lettered by the runtime with the reason.
 //!
@@ -49,11 +55,15 @@
 //!   above it the request is parked (outcome `PARKED`, the original record on
 //!   `actor.parked_topic`, a warn log line, `reflex_blast_radius_parked_total`), not executed.
 //!
+//! **Outbound allowlist**: a rendered URL whose host is not in `actor.allowed_hosts` (or scheme
+//! not in `actor.allowed_schemes`) is a permanent error naming the host and the setting, never sent.
+//!
 //! **Loop prevention**: requests whose `reflex-hops` exceeds `actor.max_hops` are dead-lettered.
 
 pub mod breaker;
 pub mod config;
 pub mod sign;
+pub mod state;
 pub mod store;
 
 use std::collections::HashMap;
@@ -78,7 +88,8 @@ use tracing::{debug, info, warn};
 use crate::breaker::Breakers;
 use crate::config::{Action, Kind};
 pub use crate::config::{ActorConfig, ActorSettings, ACTOR_DEFAULTS};
-use crate::store::{Claim, Store};
+use crate::state::StateBackend;
+use crate::store::Claim;
 
 /// The config used when none is given (relative to the working directory, as in the repo).
 pub const EXAMPLE_CONFIG: &str = "crates/actor/actor.example.toml";
@@ -96,13 +107,12 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("cannot read config file {path}: {error}")]
     File { path: String, error: std::io::Error },
-    #[error("cannot connect to Redis at {url}: {error}")]
-    Redis {
-        url: String,
-        error: redis::RedisError,
-    },
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("cannot register the outcome schema under {subject}: {error}")]
     Registry { subject: String, error: String },
+    #[error("{0}")]
+    Security(String),
 }
 
 /// The actor stage.
@@ -114,10 +124,11 @@ pub struct Actor {
     templates: Templates,
     registry: RegistryClient,
     outcomes: AvroCodec<ActionOutcome>,
-    store: Store,
+    store: StateBackend,
     http: reqwest::Client,
     breakers: Breakers,
     kill: Arc<KillSwitch>,
+    allowlist: config::Allowlist,
 }
 
 /// Kill-switch state, refreshed from Redis by a background task.
@@ -168,12 +179,30 @@ impl Actor {
         let (actions, templates) =
             config::compile(&config.actor.action, source, &|v| std::env::var(v).ok())?;
         let settings = config.actor.clone();
-        let store = Store::connect(&settings.redis_url, &settings.redis_prefix)
-            .await
-            .map_err(|error| StartError::Redis {
-                url: settings.redis_url.clone(),
-                error,
-            })?;
+        let allowlist = config::Allowlist::new(&settings.allowed_hosts, &settings.allowed_schemes)
+            .map_err(StartError::Security)?;
+        if allowlist.is_open() && actions.iter().any(|a| matches!(a.kind, Kind::Http { .. })) {
+            warn!("actor.allowed_hosts is empty: http actions may call any host a template renders; list the approved hosts");
+        }
+        let redis_auth = match settings.redis_password.trim() {
+            "" => None,
+            reference => {
+                let password = reflex_core::secrets::resolve(reference)
+                    .map_err(|e| StartError::Security(format!("actor.redis_password: {e}")))?;
+                let password = password.expose_str().map(str::to_string).ok_or_else(|| {
+                    StartError::Security("actor.redis_password: not UTF-8".into())
+                })?;
+                let user = Some(settings.redis_username.clone()).filter(|u| !u.is_empty());
+                Some((user, password))
+            }
+        };
+        let store = StateBackend::open(
+            &settings.state_backend,
+            &settings.redis_url,
+            &settings.redis_prefix,
+            redis_auth,
+        )
+        .await?;
         let registry = config.registry.client();
         let subject = format!("{}-value", settings.outcomes_topic);
         let id = registry
@@ -232,6 +261,7 @@ impl Actor {
             worker = %worker,
             actions = ?actions.iter().map(|a| a.settings.name.as_str()).collect::<Vec<_>>(),
             outcomes_topic = %settings.outcomes_topic, outcome_schema_id = id,
+            state_backend = store.kind(),
             "actor ready"
         );
         Ok(Self {
@@ -258,6 +288,7 @@ impl Actor {
             http: reqwest::Client::new(),
             breakers: Breakers::default(),
             kill,
+            allowlist,
         })
     }
 
@@ -404,6 +435,7 @@ impl Actor {
         }
         Ok(Output {
             topic: self.settings.outcomes_topic.clone(),
+            partition: None,
             key: Some(Bytes::from(outcome.idempotency_key.clone())),
             payload: Some(Bytes::from(payload)),
             headers,
@@ -440,6 +472,7 @@ impl Actor {
         }
         Ok(Output {
             topic: topic.to_string(),
+            partition: None,
             key: event.key.clone(),
             payload: Some(Bytes::from(body)),
             headers,
@@ -551,7 +584,14 @@ impl Actor {
         let name = &action.settings.name;
         // Render first: a request the templates cannot render is a permanent error (dead letter).
         let (url, body) = match &action.kind {
-            Kind::Http { .. } => (self.render(action, "url", req)?, self.body(action, req)?),
+            Kind::Http { .. } => {
+                let url = self.render(action, "url", req)?;
+                // Before anything else (dry runs included): a URL nobody approved is never sent.
+                self.allowlist.check(&url).map_err(|e| {
+                    StageError::permanent(format!("action `{name}` field `url`: {e}"))
+                })?;
+                (url, self.body(action, req)?)
+            }
             Kind::Emit { topic } => (topic.clone(), self.body(action, req)?),
             Kind::Log => (
                 String::new(),
@@ -689,6 +729,7 @@ impl Actor {
                 return Ok(vec![
                     Output {
                         topic: self.settings.parked_topic.clone(),
+                        partition: None,
                         key: event.key.clone(),
                         payload: event.payload.clone(),
                         headers,
@@ -776,7 +817,12 @@ impl Actor {
                     warn!(action = %name, idempotency_key = %key, attempt, error = %error, "action failed permanently");
                     let _ = self.store.release(key, owner).await;
                     outputs.push(self.outcome_output(&o, event, true)?);
-                    return Ok(outputs);
+                    // Dead-lettered (permanent) with the outcome as its audit record.
+                    return Err(StageError::permanent(format!(
+                        "action {name}: {error} (a permanent failure: fix the request or the \
+                         target, then `reflexctl dlq replay`)"
+                    ))
+                    .with_outputs(outputs));
                 }
                 Effect::Transient(status, error) => {
                     let last = attempt == max_attempts;
@@ -792,7 +838,12 @@ impl Actor {
                     if last {
                         warn!(action = %name, idempotency_key = %key, attempts = attempt, error = %error, "action failed: attempts exhausted");
                         let _ = self.store.release(key, owner).await;
-                        return Ok(outputs);
+                        // Transient: the runtime dead-letters it with a not-before time and the
+                        // reprocessor delivers it again (same Idempotency-Key).
+                        return Err(StageError::transient(format!(
+                            "action {name}: {error} (gave up after {attempt} attempts)"
+                        ))
+                        .with_outputs(outputs));
                     }
                     let backoff = Duration::from_millis(
                         s.backoff_ms
@@ -842,7 +893,7 @@ impl Stage for Actor {
     }
 }
 
-async fn poll_kill_switch(store: Store, kill: Arc<KillSwitch>, every: Duration) {
+async fn poll_kill_switch(store: StateBackend, kill: Arc<KillSwitch>, every: Duration) {
     let names: Vec<String> = kill.per_action.keys().cloned().collect();
     let mut was_on = kill.config;
     loop {
@@ -878,7 +929,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let actor = Actor::start(&config, config_file, &config.runtime.worker_id).await?;
-    reflex_runtime::run(actor, &config.kafka, &config.runtime, shutdown).await?;
+    // SASL/TLS secrets (`REFLEX_KAFKA_SECRET_*`) join the non-secret `kafka.properties` here.
+    let mut kafka = config.kafka.clone();
+    reflex_core::secrets::apply_kafka_secrets(&mut kafka.properties, std::env::vars())?;
+    reflex_runtime::run(actor, &kafka, &config.runtime, shutdown).await?;
     Ok(())
 }
 

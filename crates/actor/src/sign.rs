@@ -1,10 +1,8 @@
 //! Standard Webhooks signing: `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`.
+//! The HMAC and base64 primitives are the ones `reflex_core::signing` uses for event signatures.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use reflex_core::signing::{base64_decode, base64_encode, hmac_sha256};
 
 pub const WEBHOOK_ID: &str = "webhook-id";
 pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
@@ -13,8 +11,7 @@ pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 /// The key bytes of a secret: `whsec_<base64>` as Standard Webhooks issues them, else the text.
 pub fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
     match secret.strip_prefix("whsec_") {
-        Some(b64) => STANDARD
-            .decode(b64)
+        Some(b64) => base64_decode(b64)
             .map_err(|e| format!("a `whsec_` secret must be base64 after the prefix: {e}")),
         None => Ok(secret.as_bytes().to_vec()),
     }
@@ -22,13 +19,9 @@ pub fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
 
 /// The `webhook-signature` value for one message.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    let ts = timestamp.to_string();
+    let mac = hmac_sha256(key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+    format!("v1,{}", base64_encode(&mac))
 }
 
 #[cfg(test)]

@@ -182,6 +182,59 @@ pub fn compat_headers(dl: &DeadLetter, dialects: &[Dialect]) -> Vec<(&'static st
     out
 }
 
+/// Where a dead letter goes back to, and the headers it carries there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    pub topic: String,
+    /// The original partition when known, so per-key order and parking state line up.
+    pub partition: Option<i32>,
+    pub headers: Headers,
+}
+
+/// How a dead letter is delivered again (by the reprocessor or `reflexctl dlq replay`): to its
+/// original topic and partition, with the failure headers of every dialect removed and the
+/// event's own headers (`ce_id`, hence the idempotency key, and `traceparent`) kept. `from` is
+/// `<dead-letter topic>/<partition>/<offset>`; `mark` adds the caller's own headers
+/// ([`rh::REDELIVERY_ATTEMPT`] or [`rh::REPLAY_ID`]). The first-failure time is kept so a
+/// record failing again still says when its trouble began.
+pub fn redelivery(
+    dl: &DeadLetter,
+    headers: &Headers,
+    from: &str,
+    mark: &[(&str, String)],
+) -> Redelivery {
+    let mut out = Headers(
+        headers
+            .iter()
+            .filter(|h| !is_failure_header(&h.key))
+            .cloned()
+            .collect(),
+    );
+    out.set(rh::REDELIVERED_FROM, from);
+    for (key, value) in mark {
+        out.set(key, value.as_str());
+    }
+    Redelivery {
+        topic: dl.original_topic.clone(),
+        partition: dl.original_partition,
+        headers: out,
+    }
+}
+
+/// Headers that describe a failure (any dialect) or a previous redelivery, not the event.
+fn is_failure_header(key: &str) -> bool {
+    (key.starts_with("reflex-error-") && key != rh::ERROR_FIRST_FAILURE_MS)
+        || key.starts_with("reflex-original-")
+        || key == rh::RETRY_NOT_BEFORE_MS
+        || key == rh::PARKED_BEHIND
+        || key == rh::REDELIVERED_FROM
+        || key == rh::REPLAY_ID
+        || key.starts_with("kafka_dlt-")
+        || key.starts_with("retry_topic-")
+        || key.starts_with("__connect.errors.")
+        || key.starts_with("__streams.errors.")
+}
+
 impl Dialect {
     /// Parses a `runtime.dead_letter_compat` entry.
     pub fn parse(name: &str) -> Option<Dialect> {
@@ -197,6 +250,43 @@ impl Dialect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redelivery_strips_failure_headers_of_every_dialect_and_keeps_the_event() {
+        let mut h = Headers::new();
+        h.push("ce_id", "e1");
+        h.push(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        h.push(rh::ORIGINAL_TOPIC, "in");
+        h.push(rh::ORIGINAL_PARTITION, "3");
+        h.push(rh::ERROR_CLASS, "transient");
+        h.push(rh::ERROR_FIRST_FAILURE_MS, "5");
+        h.push(rh::RETRY_NOT_BEFORE_MS, "9");
+        h.push(spring::ORIGINAL_TOPIC, "in");
+        h.push(connect::TOPIC, "in");
+        let dl = DeadLetter::from_headers(&h).unwrap();
+        let r = redelivery(
+            &dl,
+            &h,
+            "in.dlq/0/7",
+            &[(rh::REDELIVERY_ATTEMPT, "2".into())],
+        );
+        assert_eq!((r.topic.as_str(), r.partition), ("in", Some(3)));
+        let keys: Vec<&str> = r.headers.iter().map(|h| h.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "ce_id",
+                "traceparent",
+                rh::ERROR_FIRST_FAILURE_MS,
+                rh::REDELIVERED_FROM,
+                rh::REDELIVERY_ATTEMPT
+            ]
+        );
+        assert_eq!(r.headers.get_str(rh::REDELIVERED_FROM), Some("in.dlq/0/7"));
+    }
 
     fn reflex_written() -> DeadLetter {
         DeadLetter {

@@ -18,16 +18,19 @@ pub enum ErrorClass {
     RateLimited,
     /// A circuit breaker is open for the target: retry later.
     CircuitOpen,
+    /// The event failed authentication (unsigned, bad signature, unknown key id): dead-letter.
+    Unauthorized,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 6] = [
+    pub const ALL: [ErrorClass; 7] = [
         ErrorClass::Transient,
         ErrorClass::Permanent,
         ErrorClass::Poison,
         ErrorClass::Schema,
         ErrorClass::RateLimited,
         ErrorClass::CircuitOpen,
+        ErrorClass::Unauthorized,
     ];
 
     /// The stable name written to headers and metric labels.
@@ -39,6 +42,7 @@ impl ErrorClass {
             ErrorClass::Schema => "schema",
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::CircuitOpen => "circuit_open",
+            ErrorClass::Unauthorized => "unauthorized",
         }
     }
 

@@ -48,6 +48,25 @@ pub mod reflex {
     pub const ORIGINAL_OFFSET: &str = "reflex-original-offset";
     pub const ORIGINAL_TIMESTAMP_MS: &str = "reflex-original-timestamp-ms";
     pub const ORIGINAL_GROUP: &str = "reflex-original-group";
+    /// On a dead letter of a retryable class: the earliest time (ms since the epoch) the
+    /// reprocessor may deliver it again (non-blocking retry).
+    pub const RETRY_NOT_BEFORE_MS: &str = "reflex-retry-not-before-ms";
+    /// On a record the reprocessor delivered back to its original topic: how many times it has
+    /// been delivered again so far (1 on the first redelivery).
+    pub const REDELIVERY_ATTEMPT: &str = "reflex-redelivery-attempt";
+    /// On a record `reflexctl dlq replay` delivered: the replay's id (also in the audit record).
+    pub const REPLAY_ID: &str = "reflex-replay-id";
+    /// On a redelivered or replayed record: `<dead-letter topic>/<partition>/<offset>` it came from.
+    pub const REDELIVERED_FROM: &str = "reflex-redelivered-from";
+    /// On a dead letter parked behind an earlier failure of the same key: that event's `ce_id`.
+    pub const PARKED_BEHIND: &str = "reflex-parked-behind";
+    /// A control record (no value) on an original topic: releases the key's parking when the
+    /// event with this `ce_id` went to the parked topic instead of being delivered again.
+    pub const RELEASE: &str = "reflex-release";
+    /// Event signature: `keyid=<id>,sig=<base64 HMAC-SHA256>` over `ce_id`, `ce_source`,
+    /// `ce_type`, `ce_time` and the value (see `crate::signing`). Verified by the router when
+    /// `router.signing_keys` is set.
+    pub const SIGNATURE: &str = "reflex-signature";
 }
 
 /// Spring Kafka's dead-letter headers (`DeadLetterPublishingRecoverer`). Partition, offset and

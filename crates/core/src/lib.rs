@@ -11,14 +11,21 @@
 //! - [`topics`]: the `topics/*.toml` declarations.
 //! - [`metrics`]: every metric name the fleet emits.
 //! - [`template`]: strict Jinja templates for action bindings and calls.
+//! - [`signing`]: HMAC-SHA256 event signatures with key ids (rotation), verified by the router.
+//! - [`secrets`]: secrets from `env:NAME` / `file:PATH` only, redacted when formatted.
+//! - [`limits`]: record size and header limits, rule complexity limits.
 
 pub mod actions;
 pub mod avro;
 pub mod dead_letter;
 pub mod error;
 pub mod headers;
+pub mod limits;
 pub mod metrics;
+pub mod redis_conn;
 pub mod registry;
+pub mod secrets;
+pub mod signing;
 pub mod template;
 pub mod topics;
 

@@ -38,3 +38,15 @@ pub const BLAST_RADIUS_PARKED: &str = "reflex_blast_radius_parked_total";
 /// End-to-end latency: the causing event's time (`ce_time`) to the action's completion, for
 /// actions that took effect (seed metric M2/M4). Labels: `action`.
 pub const ACTION_LATENCY_SECONDS: &str = "reflex_action_latency_seconds";
+/// Keys currently parked behind an earlier event awaiting redelivery (per-key order). Labels: `stage`.
+pub const PARKED_KEYS: &str = "reflex_parked_keys";
+/// Events parked behind an earlier event of their key instead of being processed. Labels: `stage`.
+pub const PARKED_EVENTS: &str = "reflex_parked_events_total";
+/// Dead letters the reprocessor delivered back to their original topic. Labels: `class`.
+pub const REDELIVERIES: &str = "reflex_redeliveries_total";
+/// Dead letters the reprocessor gave up on (moved to `<topic>.parked`). Labels: `class`.
+pub const REDELIVERY_GIVEUPS: &str = "reflex_redelivery_giveups_total";
+/// Dead letters the reprocessor left for a human (`reflexctl dlq replay`), by class. Labels: `class`.
+pub const REDELIVERY_SKIPS: &str = "reflex_redelivery_skips_total";
+/// Partitions paused until a scheduled redelivery time. Labels: `stage`.
+pub const DELAYED_PARTITIONS: &str = "reflex_delayed_partitions";

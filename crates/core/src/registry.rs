@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use thiserror::Error;
 
+use crate::secrets::Secret;
 use crate::ErrorClass;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -54,6 +55,10 @@ impl RegistryError {
         match self {
             RegistryError::Unavailable { .. } => ErrorClass::Transient,
             RegistryError::Rejected { status, .. } if *status >= 500 => ErrorClass::Transient,
+            // Our credentials are wrong or missing: a setup problem, not the event's fault.
+            RegistryError::Rejected {
+                status: 401 | 403, ..
+            } => ErrorClass::Transient,
             _ => ErrorClass::Schema,
         }
     }
@@ -112,22 +117,82 @@ pub struct RegistryClient {
     by_id: Arc<RwLock<HashMap<u32, Arc<RegisteredSchema>>>>,
     unknown: Arc<RwLock<HashMap<u32, Instant>>>,
     negative_ttl: Duration,
+    /// HTTP basic auth (`user`, password), sent on every request.
+    auth: Option<(String, Secret)>,
+}
+
+/// Environment variable with registry basic-auth credentials `user:password` (the form of
+/// Confluent clients' `basic.auth.user.info`).
+pub const BASIC_AUTH_ENV: &str = "REFLEX_REGISTRY_BASIC_AUTH";
+/// Environment variable naming a file that holds `user:password`.
+pub const BASIC_AUTH_FILE_ENV: &str = "REFLEX_REGISTRY_BASIC_AUTH_FILE";
+
+/// Basic-auth credentials from [`BASIC_AUTH_ENV`] or [`BASIC_AUTH_FILE_ENV`] (looked up with
+/// `env`), if either is set. The error names the variable, never the value.
+pub fn basic_auth_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(String, Secret)>, String> {
+    let (source, secret) = if let Some(path) = env(BASIC_AUTH_FILE_ENV).filter(|v| !v.is_empty()) {
+        let secret = crate::secrets::resolve_with(&format!("file:{path}"), env)
+            .map_err(|e| format!("{BASIC_AUTH_FILE_ENV}: {e}"))?;
+        (BASIC_AUTH_FILE_ENV, secret)
+    } else if let Some(v) = env(BASIC_AUTH_ENV).filter(|v| !v.is_empty()) {
+        (BASIC_AUTH_ENV, Secret::new(v))
+    } else {
+        return Ok(None);
+    };
+    let text = secret
+        .expose_str()
+        .ok_or_else(|| format!("{source}: not UTF-8"))?;
+    let (user, password) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{source}: expected `user:password`"))?;
+    Ok(Some((user.to_string(), Secret::new(password))))
 }
 
 impl RegistryClient {
-    /// `url` is the registry's base URL, e.g. `http://127.0.0.1:8081`.
+    /// `url` is the registry's base URL, e.g. `http://127.0.0.1:8081`. Basic-auth credentials
+    /// come from [`BASIC_AUTH_ENV`] / [`BASIC_AUTH_FILE_ENV`] when set (an unreadable one is
+    /// logged by name and ignored, and the registry's 401 then says what is wrong). Credentials
+    /// written into the URL (`http://user:pass@host`) are moved out of it, so they never appear
+    /// in error messages; prefer the environment.
     pub fn new(url: &str, timeout: Duration, negative_ttl: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
             .unwrap_or_default();
+        let mut base = url.trim_end_matches('/').to_string();
+        let mut auth = None;
+        if let Ok(mut parsed) = reqwest::Url::parse(&base) {
+            if !parsed.username().is_empty() {
+                auth = Some((
+                    parsed.username().to_string(),
+                    Secret::new(parsed.password().unwrap_or_default()),
+                ));
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+                base = parsed.as_str().trim_end_matches('/').to_string();
+            }
+        }
+        match basic_auth_from_env(&|n| std::env::var(n).ok()) {
+            Ok(Some(a)) => auth = Some(a),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "registry basic auth not used"),
+        }
         Self {
-            base: url.trim_end_matches('/').to_string(),
+            base,
             http,
             by_id: Arc::default(),
             unknown: Arc::default(),
             negative_ttl,
+            auth,
         }
+    }
+
+    /// Uses HTTP basic auth on every request.
+    pub fn with_basic_auth(mut self, user: &str, password: Secret) -> Self {
+        self.auth = Some((user.to_string(), password));
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -280,6 +345,13 @@ impl RegistryClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
+        let request = match &self.auth {
+            // reqwest marks the Authorization header sensitive (hidden from its Debug output).
+            Some((user, password)) => {
+                request.basic_auth(user, Some(String::from_utf8_lossy(password.expose())))
+            }
+            None => request,
+        };
         request
             .header(reqwest::header::ACCEPT, CONTENT_TYPE)
             .send()
@@ -314,5 +386,57 @@ impl RegistryClient {
             status: status.as_u16(),
             body: format!("unexpected response ({e}): {body}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot HTTP server (real socket) that records the request head and answers 404.
+    async fn capture_one() -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap();
+            let body = r#"{"error_code":40403,"message":"not found"}"#;
+            let reply = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    #[tokio::test]
+    async fn basic_auth_is_sent_and_never_in_messages() {
+        let (url, task) = capture_one().await;
+        let with_creds = url.replace("http://", "http://svc:s3cr3t-pw@");
+        let client = RegistryClient::new(&with_creds, Duration::from_secs(2), Duration::ZERO);
+        assert_eq!(client.url(), url, "credentials are moved out of the URL");
+        let err = client.schema_by_id(9).await.unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        let head = task.await.unwrap().to_ascii_lowercase();
+        // base64("svc:s3cr3t-pw")
+        assert!(
+            head.contains("authorization: basic c3zjonmzy3izdc1wdw=="),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn basic_auth_from_env_or_file() {
+        let env = |n: &str| (n == BASIC_AUTH_ENV).then(|| "u:p:w".to_string());
+        let (user, pw) = basic_auth_from_env(&env).unwrap().unwrap();
+        assert_eq!((user.as_str(), pw.expose()), ("u", &b"p:w"[..]));
+        assert!(basic_auth_from_env(&|_| None).unwrap().is_none());
+        let bad = |n: &str| (n == BASIC_AUTH_ENV).then(|| "nocolon".to_string());
+        let e = basic_auth_from_env(&bad).unwrap_err();
+        assert!(e.contains(BASIC_AUTH_ENV) && !e.contains("nocolon"), "{e}");
     }
 }

@@ -9,6 +9,8 @@ use thiserror::Error;
 
 /// Suffix of the placeholder dead-letter topic for a source topic.
 pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
+/// Where the reprocessor puts a dead letter after its last redelivery attempt.
+pub const PARKED_SUFFIX: &str = ".parked";
 
 #[derive(Debug, Error)]
 pub enum TopicsError {
@@ -57,7 +59,8 @@ pub struct TopicDecl {
     /// Schema file (relative to the repository root) registered under `value_subject`.
     #[serde(default)]
     pub value_schema: Option<String>,
-    /// Also declare `<name>.dlq` with the same partitions and retention.
+    /// Also declare `<name>.dlq` (dead letters) and `<name>.parked` (records the reprocessor
+    /// gave up redelivering) with the same partitions and retention.
     #[serde(default)]
     pub dead_letter: bool,
     /// Any other topic configs, passed to the broker as they are.
@@ -82,10 +85,10 @@ impl TopicDecl {
         configs
     }
 
-    fn dead_letter_decl(&self) -> TopicDecl {
+    fn dead_letter_decl(&self, suffix: &str, what: &str) -> TopicDecl {
         TopicDecl {
-            name: format!("{}{DEAD_LETTER_SUFFIX}", self.name),
-            description: format!("dead letters of {}", self.name),
+            name: format!("{}{suffix}", self.name),
+            description: format!("{what} of {}", self.name),
             dead_letter: false,
             value_subject: None,
             value_schema: None,
@@ -113,7 +116,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<TopicDecl>, TopicsError> {
             });
         }
         if decl.dead_letter {
-            out.push(decl.dead_letter_decl());
+            out.push(decl.dead_letter_decl(DEAD_LETTER_SUFFIX, "dead letters"));
+            out.push(
+                decl.dead_letter_decl(PARKED_SUFFIX, "records parked after their last redelivery"),
+            );
         }
         out.push(decl);
     }
@@ -167,10 +173,11 @@ mod tests {
             "min.insync.replicas" = "1"
         "#;
         let decls = parse(Path::new("t.toml"), text).unwrap();
-        assert_eq!(decls.len(), 2);
+        assert_eq!(decls.len(), 3);
         assert_eq!(decls[0].name, "events.dlq");
-        assert_eq!(decls[1].configs()["retention.ms"], "1000");
-        assert_eq!(decls[1].configs()["min.insync.replicas"], "1");
+        assert_eq!(decls[1].name, "events.parked");
+        assert_eq!(decls[2].configs()["retention.ms"], "1000");
+        assert_eq!(decls[2].configs()["min.insync.replicas"], "1");
     }
 
     #[test]

@@ -391,6 +391,7 @@ impl Stage for Enricher {
             headers.set(ce::CONTENT_TYPE, ce::AVRO_CONTENT_TYPE);
             outputs.push(Output {
                 topic: self.output.topic.clone(),
+                partition: None,
                 key: event.key.clone(),
                 payload: Some(Bytes::from(bytes)),
                 headers,

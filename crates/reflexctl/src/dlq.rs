@@ -10,10 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use rdkafka::message::Headers as _;
 use rdkafka::Message;
 use reflex_core::dead_letter::{DeadLetter, Dialect};
-use reflex_core::headers::{Header, Headers};
 use serde::Serialize;
 
 use crate::tail::{open, Decoder};
@@ -32,6 +30,10 @@ reflexctl dlq inspect --topic orders.DLT --json";
 pub enum DlqCommand {
     /// Counts by error class, stage and original topic, with ages; `--show N` prints records.
     Inspect(InspectArgs),
+    /// Deliver chosen dead letters back to their original topic (filters, dry run, rate,
+    /// canary, Redis checkpoint, audit record).
+    #[command(long_about = crate::replay::LONG_ABOUT)]
+    Replay(Box<crate::replay::ReplayArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -72,7 +74,13 @@ pub struct Summary {
 }
 
 pub async fn run(global: &Global, command: DlqCommand) -> anyhow::Result<ExitCode> {
-    let DlqCommand::Inspect(args) = command;
+    match command {
+        DlqCommand::Inspect(args) => inspect(global, args).await,
+        DlqCommand::Replay(args) => crate::replay::run(global, *args).await,
+    }
+}
+
+async fn inspect(global: &Global, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let consumer = open(global, &args.topic, true, None)?;
     let mut decoder = Decoder::new(global.registry());
     let now_ms = SystemTime::now()
@@ -91,19 +99,7 @@ pub async fn run(global: &Global, command: DlqCommand) -> anyhow::Result<ExitCod
     {
         let message = message.with_context(|| format!("consuming {} failed", args.topic))?;
         summary.records += 1;
-        let headers = Headers(
-            message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| Header {
-                            key: h.key.to_string(),
-                            value: h.value.map(<[u8]>::to_vec),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        );
+        let headers = reflex_runtime::headers_of(&message);
         let Some(dl) = DeadLetter::from_headers(&headers) else {
             summary.unrecognised += 1;
             continue;

@@ -10,6 +10,10 @@
 //!   registry.
 //! - `dlq inspect`: a dead-letter topic grouped by error class, stage and original topic, for
 //!   dead letters written by Reflex, Spring Kafka, Kafka Connect or Kafka Streams.
+//! - `dlq replay`: deliver chosen dead letters back to their original topic and partition
+//!   (filters, `--dry-run`, rate limit, canary batch, Redis checkpoints, audit records).
+//! - `rules test`: shadow mode for a scenario pack: recorded events through its rules,
+//!   bindings and actions, in process, with every action stubbed.
 //! - `lag`: consumer-group lag in offsets and seconds with a Burrow-style status; `--serve`
 //!   turns it into a Prometheus exporter.
 //!
@@ -27,6 +31,8 @@ use reflex_core::registry::{RegistryClient, RegistryError};
 pub mod dlq;
 pub mod lag;
 pub mod publish;
+pub mod replay;
+pub mod rules_test;
 pub mod schemas;
 pub mod tail;
 pub mod topics;
@@ -50,7 +56,8 @@ reflexctl schemas register\n  \
 echo '{\"cluster\":\"prod\",\"namespace\":\"shop\",\"pod\":\"api-7\",\"reason\":\"CrashLoopBackOff\",\"restart_count\":5}' \\\n    \
 | reflexctl publish --topic reflex.events.k8s --type io.k8s.pod.crashloop --key-field pod\n  \
 reflexctl tail --topic reflex.events.k8s --from-beginning --max 10 --timeout-ms 5000\n  \
-reflexctl lag --group reflex-router"
+reflexctl lag --group reflex-router\n  \
+reflexctl rules test examples/crash-loop --events examples/crash-loop/events.jsonl"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -119,6 +126,9 @@ pub enum Command {
     /// Consumer-group lag in offsets and seconds, with a Burrow-style status.
     #[command(long_about = lag::LONG_ABOUT)]
     Lag(lag::LagArgs),
+    /// Shadow mode: run recorded events through a scenario pack's rules, actions stubbed.
+    #[command(subcommand)]
+    Rules(rules_test::RulesCommand),
 }
 
 /// Runs one command; `Ok` carries the exit code (1 when a check failed).
@@ -131,6 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail::run(&global, args).await,
         Command::Lag(args) => lag::run(&global, args).await,
         Command::Dlq(cmd) => dlq::run(&global, cmd).await,
+        Command::Rules(rules_test::RulesCommand::Test(args)) => rules_test::run(args).await,
     };
     result.map_err(|e| {
         let unreachable = e.chain().any(|cause| {

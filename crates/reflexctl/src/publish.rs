@@ -17,6 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reflex_core::avro::{json_to_datum, parse_schema};
 use reflex_core::headers::{ce, trace, Headers};
+use reflex_core::signing::SigningKey;
 use reflex_core::wire::encode_frame;
 use serde_json::Value as Json;
 
@@ -72,6 +73,13 @@ pub struct PublishArgs {
     /// Read JSON from this file instead of stdin.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Sign each event (`reflex-signature` header) with the key in this file (raw bytes, or
+    /// `base64:<...>`; at least 16 bytes), for routers with `router.signing_keys` set.
+    #[arg(long, requires = "sign_key_id", value_name = "PATH")]
+    pub sign_key_file: Option<PathBuf>,
+    /// Key id written into the signature; the router looks the key up by it.
+    #[arg(long, requires = "sign_key_file", value_name = "ID")]
+    pub sign_key_id: Option<String>,
 }
 
 /// One event ready to produce.
@@ -84,6 +92,13 @@ pub struct Prepared {
 
 pub async fn run(global: &Global, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let extra = parse_header_args(&args.headers)?;
+    let signer = match (&args.sign_key_file, &args.sign_key_id) {
+        (Some(path), Some(id)) => Some(
+            SigningKey::from_spec(&format!("{id}=file:{}", path.display()))
+                .context("--sign-key-file / --sign-key-id")?,
+        ),
+        _ => None,
+    };
     let (input_name, text) = read_input(args.file.as_deref())?;
     let documents = parse_documents(&input_name, &text)?;
 
@@ -158,10 +173,15 @@ pub async fn run(global: &Global, args: PublishArgs) -> anyhow::Result<ExitCode>
         } else {
             base_id.clone()
         };
+        let value = encode_frame(schema_id, &datum);
+        let mut headers = event_headers(&id, &args.source, &args.event_type, &extra);
+        if let Some(signer) = &signer {
+            signer.sign(&mut headers, Some(&value));
+        }
         prepared.push(Prepared {
             key,
-            value: encode_frame(schema_id, &datum),
-            headers: event_headers(&id, &args.source, &args.event_type, &extra),
+            value,
+            headers,
         });
     }
 

@@ -1,7 +1,7 @@
 //! Decodes an Avro datum straight into CEL values with `serde_avro_fast` (no intermediate JSON):
 //! the router's hot path when rules read payload fields.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,16 +11,46 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 
 /// Decodes `datum` with `schema` into a CEL value (records and maps become CEL maps).
 pub fn to_cel(datum: &[u8], schema: &serde_avro_fast::Schema) -> Result<Value, String> {
-    serde_avro_fast::from_datum_slice::<CelValue>(datum, schema)
+    decode::<CelValue>(datum, schema).map(|v| v.0)
+}
+
+/// Like [`to_cel`], but builds only the top-level record fields in `fields` (the others are
+/// still read, to validate the datum, but not turned into values): the rules' payload reads.
+pub fn to_cel_fields(
+    datum: &[u8],
+    schema: &serde_avro_fast::Schema,
+    fields: &HashSet<String>,
+) -> Result<Value, String> {
+    let mut de = serde_avro_fast::de::DeserializerState::from_slice(datum, schema);
+    TopSeed { fields }
+        .deserialize(de.deserializer())
         .map(|v| v.0)
         .map_err(|e| e.to_string())
 }
 
 /// Checks that `datum` decodes with `schema`, without building anything.
 pub fn validate(datum: &[u8], schema: &serde_avro_fast::Schema) -> Result<(), String> {
-    serde_avro_fast::from_datum_slice::<IgnoredAny>(datum, schema)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    decode::<IgnoredAny>(datum, schema).map(|_| ())
+}
+
+/// Deepest nesting of a decoded value (the decoder recurses per level).
+pub const MAX_DEPTH: usize = 64;
+
+/// Decodes with bounds a hostile datum cannot exceed: nesting depth [`MAX_DEPTH`], and array or
+/// map lengths at most the datum's size plus 1024. Zero-byte items (`null`, empty records) would
+/// otherwise let a 10-byte datum claim a billion elements and spin the CPU.
+fn decode<'a, T: serde::Deserialize<'a>>(
+    datum: &'a [u8],
+    schema: &serde_avro_fast::Schema,
+) -> Result<T, String> {
+    let mut config = serde_avro_fast::de::DeserializerConfig::new(schema);
+    config.allowed_depth = MAX_DEPTH;
+    config.max_seq_size = datum.len() + 1024;
+    let mut state = serde_avro_fast::de::DeserializerState::with_config(
+        serde_avro_fast::de::read::SliceRead::new(datum),
+        config,
+    );
+    T::deserialize(state.deserializer()).map_err(|e| e.to_string())
 }
 
 struct CelValue(Value);
@@ -85,19 +115,109 @@ impl<'de> Visitor<'de> for CelVisitor {
         CelSeed.deserialize(d)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CelValue, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        // Capacity hints are capped: they come from the (untrusted) datum.
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
         while let Some(CelValue(v)) = seq.next_element_seed(CelSeed)? {
             items.push(v);
         }
         Ok(CelValue(Value::List(Arc::new(items))))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CelValue, A::Error> {
-        let mut out: HashMap<Key, Value> = HashMap::with_capacity(map.size_hint().unwrap_or(8));
+        let mut out: HashMap<Key, Value> =
+            HashMap::with_capacity(map.size_hint().unwrap_or(8).min(1024));
         while let Some(key) = map.next_key::<String>()? {
             let CelValue(value) = map.next_value_seed(CelSeed)?;
             out.insert(Key::String(Arc::new(key)), value);
         }
         Ok(CelValue(Value::Map(Map { map: Arc::new(out) })))
+    }
+}
+
+/// The top-level record, keeping only `fields`.
+struct TopSeed<'a> {
+    fields: &'a HashSet<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = CelValue;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<CelValue, D::Error> {
+        deserializer.deserialize_any(TopVisitor(self.fields))
+    }
+}
+
+struct TopVisitor<'a>(&'a HashSet<String>);
+
+impl<'de> Visitor<'de> for TopVisitor<'_> {
+    type Value = CelValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an Avro record")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CelValue, A::Error> {
+        let mut out: HashMap<Key, Value> = HashMap::with_capacity(self.0.len());
+        while let Some(key) = map.next_key_seed(KeySeed(self.0))? {
+            match key {
+                Some(key) => {
+                    let CelValue(value) = map.next_value_seed(CelSeed)?;
+                    out.insert(Key::String(Arc::new(key)), value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(CelValue(Value::Map(Map { map: Arc::new(out) })))
+    }
+    // Not a record (a schema whose top level is a union, array, ...): build it all.
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<CelValue, E> {
+        CelVisitor.visit_bool(v)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<CelValue, E> {
+        CelVisitor.visit_i64(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<CelValue, E> {
+        CelVisitor.visit_u64(v)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<CelValue, E> {
+        CelVisitor.visit_f64(v)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CelValue, E> {
+        CelVisitor.visit_str(v)
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<CelValue, E> {
+        CelVisitor.visit_bytes(v)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<CelValue, E> {
+        CelVisitor.visit_unit()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<CelValue, E> {
+        CelVisitor.visit_none()
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<CelValue, D::Error> {
+        TopSeed { fields: self.0 }.deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<CelValue, A::Error> {
+        CelVisitor.visit_seq(seq)
+    }
+}
+
+/// A record field name: `Some(name)` when it is wanted, `None` to skip its value.
+struct KeySeed<'a>(&'a HashSet<String>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<String>, E> {
+        Ok(self.0.contains(v).then(|| v.to_string()))
     }
 }
 
@@ -135,6 +255,36 @@ mod tests {
             Some(&Value::String(Arc::new("core".into())))
         );
         assert!(validate(&datum(), &schema).is_ok());
+
+        let wanted: HashSet<String> = ["restart_count".to_string()].into();
+        let Value::Map(only) = to_cel_fields(&datum(), &schema, &wanted).unwrap() else {
+            panic!("record should decode to a map")
+        };
+        assert_eq!(only.map.len(), 1);
+        assert_eq!(
+            only.map.get(&Key::String(Arc::new("restart_count".into()))),
+            Some(&Value::Int(5))
+        );
+        assert!(to_cel_fields(&[0xff, 0xff, 0xff], &schema, &wanted).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_counts_are_errors_not_crashes() {
+        // A recursive schema: each level costs 1 byte (the union branch), so 100 kB nests 100k deep.
+        let schema: serde_avro_fast::Schema =
+            r#"{"type":"record","name":"N","fields":[{"name":"next","type":["null","N"]}]}"#
+                .parse()
+                .unwrap();
+        let mut deep = vec![2u8; 100_000];
+        deep.push(0);
+        let e = to_cel(&deep, &schema).unwrap_err();
+        assert!(e.contains("recursivity limit"), "{e}");
+        assert!(validate(&deep, &schema).is_err());
+        // An array of nulls claiming 2^62 items in a few bytes.
+        let nulls: serde_avro_fast::Schema = r#"{"type":"array","items":"null"}"#.parse().unwrap();
+        let huge = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00];
+        assert!(to_cel(&huge, &nulls).is_err());
+        assert!(validate(&huge, &nulls).is_err());
     }
 
     #[test]

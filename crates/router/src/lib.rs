@@ -7,18 +7,27 @@
 //! added headers: `reflex-rule` (the matching rule) and `reflex-hops` (incremented). Anything it
 //! cannot handle goes to the dead-letter topic with a reason: nothing is lost silently.
 //!
+//! Before anything else it applies the record limits (`max_value_bytes`, `max_headers`,
+//! `max_header_bytes`) and, when `signing_keys` is set, verifies the event's
+//! `reflex-signature` (and `max_event_age_ms`): failures are dead-lettered as `unauthorized`
+//! (see SECURITY.md).
+//!
 //! Start-up fails, naming file, line and rule, when the rule file is broken or a rule reads a
 //! payload field that the registered schema of an input topic (`<topic>-value`) lacks.
 
 pub mod decode;
 pub mod rules;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use cel::objects::{Key, Map};
 use cel::Context;
-use reflex_core::headers::reflex as rh;
+use reflex_core::headers::{ce, reflex as rh};
+use reflex_core::limits::RecordLimits;
 use reflex_core::registry::{RegistryClient, RegistryError};
+use reflex_core::signing::KeyRing;
 use reflex_core::wire::decode_frame;
 use reflex_core::{metrics as m, ErrorClass};
 use reflex_runtime::{
@@ -60,6 +69,20 @@ pub struct RouterSettings {
     /// Validate rule payload fields against each input topic's registered `<topic>-value`
     /// schema at start-up. A topic with no registered subject is skipped with a warning.
     pub validate_rules_against_registry: bool,
+    /// Keys that sign events, `<id>=env:NAME` or `<id>=file:PATH` (never the key inline). When
+    /// set, every event must carry a valid `reflex-signature` by one of them; unsigned or badly
+    /// signed events are dead-lettered as `unauthorized`. Several keys allow rotation.
+    pub signing_keys: Vec<String>,
+    /// Events whose `ce_time` is older than this are dead-lettered as `unauthorized` (replay
+    /// guard; `ce_time` is signed when signing is on). 0 turns it off. Keep it above the
+    /// horizon of legitimate dead-letter replays, which keep the original `ce_time`.
+    pub max_event_age_ms: u64,
+    /// Largest record value accepted; larger ones are dead-lettered. 0 turns it off.
+    pub max_value_bytes: usize,
+    /// Most headers on a record; more are dead-lettered. 0 turns it off.
+    pub max_headers: usize,
+    /// Largest total size of header names and values; larger are dead-lettered. 0 turns it off.
+    pub max_header_bytes: usize,
 }
 
 /// Why the router cannot start.
@@ -69,6 +92,8 @@ pub enum StartError {
     Rules(#[from] RuleError),
     #[error("cannot validate rules against the registry: {0}")]
     Registry(RegistryError),
+    #[error("router.signing_keys: {0}")]
+    Signing(#[from] reflex_core::signing::SigningError),
 }
 
 /// The router stage.
@@ -81,6 +106,31 @@ pub struct Router {
     uses: [bool; 4],
     /// Kept across events: building a CEL root context (stdlib) per event would dominate.
     root: Context<'static, 'static>,
+    /// Top-level payload fields the rules select; `None`: some rule uses `payload` whole, so
+    /// everything is decoded. Building only these is most of the payload-rule cost saved.
+    payload_fields: Option<HashSet<String>>,
+    /// The `ce` attributes the rules select, as (CEL key, header name); `None`: all of them.
+    ce_fields: Option<Vec<(Key, String)>>,
+    /// `reflex_router_rule_matches_total` per rule, looked up once (the recorder is installed
+    /// before the stage is built).
+    matches: Vec<metrics::Counter>,
+    /// Signature keys; empty means signatures are not required.
+    keys: KeyRing,
+    max_event_age_ms: u64,
+    limits: RecordLimits,
+}
+
+/// The union of the top-level fields the rules select in `variable` (`None`: used whole).
+fn fields_read(rules: &RuleSet, variable: &str) -> Option<HashSet<String>> {
+    let mut all = HashSet::new();
+    for rule in &rules.rules {
+        match rule.field_reads.get(variable) {
+            None => {}
+            Some(None) => return None,
+            Some(Some(fields)) => all.extend(fields.iter().cloned()),
+        }
+    }
+    Some(all)
 }
 
 impl Router {
@@ -92,14 +142,79 @@ impl Router {
                 .iter()
                 .any(|r| r.program.references().has_variable(v))
         });
+        let ce_fields = fields_read(&rules, "ce").map(|fields| {
+            fields
+                .into_iter()
+                .map(|f| (Key::String(Arc::new(f.clone())), format!("ce_{f}")))
+                .collect()
+        });
+        let matches = rules
+            .rules
+            .iter()
+            .map(|r| metrics::counter!(m::RULE_MATCHES, "rule" => r.name.clone()))
+            .collect();
         Self {
             uses,
             needs_payload: rules.needs_payload(),
+            payload_fields: fields_read(&rules, "payload"),
+            ce_fields,
+            matches,
             rules,
             registry,
             max_hops,
             root: Context::default(),
+            keys: KeyRing::default(),
+            max_event_age_ms: 0,
+            limits: RecordLimits::default(),
         }
+    }
+
+    /// Requires events signed by one of `keys` (none: not required).
+    pub fn with_signing(mut self, keys: KeyRing) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Refuses events whose `ce_time` is older than `max_age_ms` (0: off).
+    pub fn with_max_event_age(mut self, max_age_ms: u64) -> Self {
+        self.max_event_age_ms = max_age_ms;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: RecordLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Signature and age checks (the router's door).
+    fn authorize(&self, event: &Event) -> Result<(), StageError> {
+        if !self.keys.is_empty() {
+            self.keys
+                .verify(&event.headers, event.payload.as_deref())
+                .map_err(|e| StageError::new(ErrorClass::Unauthorized, e.to_string()))?;
+        }
+        if self.max_event_age_ms > 0 {
+            let time = event.headers.get_str(ce::TIME).ok_or_else(|| {
+                StageError::new(
+                    ErrorClass::Unauthorized,
+                    "event has no `ce_time` header, and router.max_event_age_ms requires one",
+                )
+            })?;
+            let at = chrono::DateTime::parse_from_rfc3339(time).map_err(|e| {
+                StageError::permanent(format!("`ce_time` = `{time}` is not RFC 3339: {e}"))
+            })?;
+            let age_ms = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_milliseconds();
+            if age_ms > self.max_event_age_ms as i64 {
+                return Err(StageError::new(
+                    ErrorClass::Unauthorized,
+                    format!(
+                        "event is {age_ms} ms old (ce_time {time}), over router.max_event_age_ms = {}: a replay or a stale event",
+                        self.max_event_age_ms
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Loads the rule file and validates it against the registered schemas of `input_topics`.
@@ -123,19 +238,52 @@ impl Router {
             }
         }
         info!(file = %settings.rules_file.display(), rules = rules.rules.len(), "rules loaded");
-        Ok(Self::new(rules, registry, settings.max_hops))
+        let keys = KeyRing::from_specs(&settings.signing_keys)?;
+        if keys.is_empty() {
+            info!("router.signing_keys is empty: event signatures are not checked");
+        } else {
+            info!(key_ids = ?keys.ids(), "event signatures required");
+        }
+        Ok(Self::new(rules, registry, settings.max_hops)
+            .with_signing(keys)
+            .with_max_event_age(settings.max_event_age_ms)
+            .with_limits(RecordLimits {
+                max_value_bytes: settings.max_value_bytes,
+                max_headers: settings.max_headers,
+                max_header_bytes: settings.max_header_bytes,
+            }))
     }
 
     fn route(&self, event: &Event, payload: Option<cel::Value>) -> Result<Vec<Output>, StageError> {
+        Ok(match self.decide(event, payload)? {
+            Verdict::Routed(outputs) => outputs,
+            Verdict::Dropped { .. } => Vec::new(),
+        })
+    }
+
+    fn decide(&self, event: &Event, payload: Option<cel::Value>) -> Result<Verdict, StageError> {
         let mut ctx = self.root.new_inner_scope();
         let [uses_ce, uses_headers, uses_key, uses_topic] = self.uses;
         if uses_ce {
-            let ce_map: HashMap<String, String> = event
-                .headers
-                .ce_attributes()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            ctx.add_variable_from_value("ce", ce_map);
+            match &self.ce_fields {
+                Some(fields) => {
+                    let mut map: HashMap<Key, cel::Value> = HashMap::with_capacity(fields.len());
+                    for (key, header) in fields {
+                        if let Some(v) = event.headers.get_str(header) {
+                            map.insert(key.clone(), cel::Value::String(Arc::new(v.to_string())));
+                        }
+                    }
+                    ctx.add_variable_from_value("ce", cel::Value::Map(Map { map: Arc::new(map) }));
+                }
+                None => {
+                    let ce_map: HashMap<String, String> = event
+                        .headers
+                        .ce_attributes()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    ctx.add_variable_from_value("ce", ce_map);
+                }
+            }
         }
         if uses_headers {
             let headers: HashMap<String, String> = event
@@ -163,11 +311,12 @@ impl Router {
         }
 
         let mut destinations: Vec<(&str, &str)> = Vec::new();
-        for rule in self
+        for (rule, matches) in self
             .rules
             .rules
             .iter()
-            .filter(|r| r.applies_to(&event.topic))
+            .zip(&self.matches)
+            .filter(|(r, _)| r.applies_to(&event.topic))
         {
             let matched = match rule.program.execute(&ctx) {
                 Ok(cel::Value::Bool(b)) => b,
@@ -191,7 +340,7 @@ impl Router {
             if !matched {
                 continue;
             }
-            metrics::counter!(m::RULE_MATCHES, "rule" => rule.name.clone()).increment(1);
+            matches.increment(1);
             match &rule.action {
                 RuleAction::Route(topics) => {
                     let visited = event.headers.rules_visited();
@@ -204,7 +353,11 @@ impl Router {
                     }
                     destinations.extend(topics.iter().map(|t| (t.as_str(), rule.name.as_str())))
                 }
-                RuleAction::Drop => return Ok(Vec::new()),
+                RuleAction::Drop => {
+                    return Ok(Verdict::Dropped {
+                        rule: Some(rule.name.clone()),
+                    })
+                }
                 RuleAction::DeadLetter => {
                     return Err(StageError::permanent(format!(
                         "rule `{}` dead-letters this event",
@@ -218,7 +371,7 @@ impl Router {
         }
         if destinations.is_empty() {
             return match self.rules.unmatched {
-                Unmatched::Drop => Ok(Vec::new()),
+                Unmatched::Drop => Ok(Verdict::Dropped { rule: None }),
                 Unmatched::DeadLetter => Err(StageError::permanent(
                     "no rule matched and unmatched = \"dead-letter\"",
                 )),
@@ -228,38 +381,44 @@ impl Router {
         let mut seen = std::collections::HashSet::new();
         destinations.retain(|(topic, _)| seen.insert(*topic));
         let hops = event.headers.hops() + 1;
-        Ok(destinations
-            .into_iter()
-            .map(|(topic, rule)| {
-                let mut headers = event.headers.clone();
-                headers.set(rh::RULE, rule);
-                headers.set(rh::HOPS, hops.to_string());
-                let mut visited = event.headers.rules_visited();
-                visited.push(rule);
-                headers.set(rh::RULES_VISITED, visited.join(","));
-                Output {
-                    topic: topic.to_string(),
-                    key: event.key.clone(),
-                    payload: event.payload.clone(),
-                    headers,
-                }
-            })
-            .collect())
-    }
-}
-
-impl reflex_runtime::worker::WorkerConfig for RouterConfig {
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
-}
-
-impl Stage for Router {
-    fn name(&self) -> &'static str {
-        "router"
+        Ok(Verdict::Routed(
+            destinations
+                .into_iter()
+                .map(|(topic, rule)| {
+                    let mut headers = event.headers.clone();
+                    headers.set(rh::RULE, rule);
+                    headers.set(rh::HOPS, hops.to_string());
+                    let mut visited = event.headers.rules_visited();
+                    visited.push(rule);
+                    headers.set(rh::RULES_VISITED, visited.join(","));
+                    Output {
+                        topic: topic.to_string(),
+                        partition: None,
+                        key: event.key.clone(),
+                        payload: event.payload.clone(),
+                        headers,
+                    }
+                })
+                .collect(),
+        ))
     }
 
-    async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
+    /// What the rules decide for one event, without producing anything: the outputs it would
+    /// route (each with its `reflex-rule` header), or which rule dropped it. Errors are what
+    /// [`Stage::process`] would dead-letter. Shadow mode (`reflexctl rules test`) uses this.
+    pub async fn verdict(&self, event: &Event) -> Result<Verdict, StageError> {
+        let payload = self.check_and_decode(event).await?;
+        self.decide(event, payload)
+    }
+
+    /// Envelope, hop limit, framing, schema id and datum checks; the decoded payload when a
+    /// rule reads it.
+    async fn check_and_decode(&self, event: &Event) -> Result<Option<cel::Value>, StageError> {
+        // Cheap checks first, so a hostile record costs little.
+        self.limits
+            .check("router", &event.headers, event.payload.as_deref())
+            .map_err(StageError::permanent)?;
+        self.authorize(event)?;
         event.require_cloudevent()?;
         let hops = event.headers.hops();
         if hops >= self.max_hops {
@@ -279,16 +438,45 @@ impl Stage for Router {
             .schema_by_id(framed.schema_id)
             .await
             .map_err(|e| StageError::new(e.class(), e.to_string()))?;
-        let payload = if self.needs_payload {
-            Some(
-                decode::to_cel(framed.datum, &schema.fast)
-                    .map_err(|e| undecodable(framed.schema_id, &e))?,
-            )
+        if self.needs_payload {
+            Ok(Some(
+                match &self.payload_fields {
+                    Some(fields) => decode::to_cel_fields(framed.datum, &schema.fast, fields),
+                    None => decode::to_cel(framed.datum, &schema.fast),
+                }
+                .map_err(|e| undecodable(framed.schema_id, &e))?,
+            ))
         } else {
             decode::validate(framed.datum, &schema.fast)
                 .map_err(|e| undecodable(framed.schema_id, &e))?;
-            None
-        };
+            Ok(None)
+        }
+    }
+}
+
+/// The rules' decision for one event (see [`Router::verdict`]).
+#[derive(Debug)]
+pub enum Verdict {
+    /// Forwarded to these outputs (one per destination topic).
+    Routed(Vec<Output>),
+    /// Sent nowhere: by this `drop` rule, or (`None`) because no rule matched and
+    /// `unmatched = "drop"`.
+    Dropped { rule: Option<String> },
+}
+
+impl reflex_runtime::worker::WorkerConfig for RouterConfig {
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+}
+
+impl Stage for Router {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
+        let payload = self.check_and_decode(event).await?;
         self.route(event, payload)
     }
 }
@@ -307,7 +495,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let registry = config.registry.client();
     let router = Router::start(&config.router, registry, &config.kafka.input_topics).await?;
-    reflex_runtime::run(router, &config.kafka, &config.runtime, shutdown).await?;
+    // SASL/TLS secrets (`REFLEX_KAFKA_SECRET_*`) join the non-secret `kafka.properties` here.
+    let mut kafka = config.kafka.clone();
+    reflex_core::secrets::apply_kafka_secrets(&mut kafka.properties, std::env::vars())?;
+    reflex_runtime::run(router, &kafka, &config.runtime, shutdown).await?;
     Ok(())
 }
 
@@ -443,6 +634,92 @@ mod tests {
         assert_eq!(
             out[0].headers.get_str(rh::RULES_VISITED),
             Some("other,crash")
+        );
+    }
+
+    #[tokio::test]
+    async fn verdict_names_the_rule_that_dropped_an_event() {
+        let r = router("[[rule]]\nname = \"quiet\"\nwhen = 'payload.restart_count < 3'\naction = \"drop\"\n[[rule]]\nname = \"loud\"\nwhen = 'payload.restart_count > 8'\nto = [\"a\"]\n");
+        let rule_of = |v: Verdict| match v {
+            Verdict::Dropped { rule } => rule,
+            Verdict::Routed(outputs) => Some(format!("routed to {}", outputs[0].topic)),
+        };
+        assert_eq!(
+            rule_of(r.verdict(&event(1, true)).await.unwrap()).as_deref(),
+            Some("quiet")
+        );
+        assert_eq!(
+            rule_of(r.verdict(&event(5, true)).await.unwrap()),
+            None,
+            "unmatched"
+        );
+        assert_eq!(
+            rule_of(r.verdict(&event(9, true)).await.unwrap()).as_deref(),
+            Some("routed to a")
+        );
+        assert!(
+            r.verdict(&event(9, false)).await.is_err(),
+            "same checks as process"
+        );
+    }
+
+    #[tokio::test]
+    async fn signatures_are_required_when_keys_are_set() {
+        use reflex_core::signing::SigningKey;
+        let k1 = SigningKey::new("k1", b"0123456789abcdef-1").unwrap();
+        let k2 = SigningKey::new("k2", b"0123456789abcdef-2").unwrap();
+        let r = router(RULES).with_signing(KeyRing::new(vec![k1.clone()]).unwrap());
+        let unsigned = event(5, true);
+        let err = r.process(&unsigned).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Unauthorized);
+        assert!(err.message.contains("not signed"), "{}", err.message);
+
+        let mut good = event(5, true);
+        k1.sign(&mut good.headers, good.payload.as_deref());
+        assert_eq!(r.process(&good).await.unwrap().len(), 2);
+
+        let mut tampered = good.clone();
+        let mut bytes = tampered.payload.as_ref().unwrap().to_vec();
+        *bytes.last_mut().unwrap() ^= 1;
+        tampered.payload = Some(Bytes::from(bytes));
+        let err = r.process(&tampered).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Unauthorized);
+        assert!(err.message.contains("does not match"), "{}", err.message);
+
+        let mut other_key = event(5, true);
+        k2.sign(&mut other_key.headers, other_key.payload.as_deref());
+        let err = r.process(&other_key).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Unauthorized);
+        assert!(
+            err.message.contains("unknown key id `k2`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_events_and_oversized_records_are_refused() {
+        let r = router(RULES).with_max_event_age(60_000);
+        let mut old = event(5, true);
+        old.headers.set(ce::TIME, "2020-01-01T00:00:00Z");
+        let err = r.process(&old).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Unauthorized);
+        assert!(err.message.contains("max_event_age_ms"), "{}", err.message);
+        let mut fresh = event(5, true);
+        fresh.headers.set(ce::TIME, chrono::Utc::now().to_rfc3339());
+        assert_eq!(r.process(&fresh).await.unwrap().len(), 2);
+
+        let r = router(RULES).with_limits(RecordLimits {
+            max_value_bytes: 16,
+            max_headers: 8,
+            max_header_bytes: 1024,
+        });
+        let err = r.process(&event(5, true)).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(
+            err.message.contains("router.max_value_bytes"),
+            "{}",
+            err.message
         );
     }
 

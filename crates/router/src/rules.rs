@@ -21,11 +21,12 @@
 //! payload field the topic's registered schema does not have is rejected at start-up with the
 //! file, line and rule named.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use cel::common::ast::{EntryExpr, Expr};
 use cel::{IdedExpr, Program};
+use reflex_core::limits::{bracket_depth, MAX_RULE_EXPRESSION_BYTES, MAX_RULE_NESTING};
 use reflex_core::line_of;
 use serde::Deserialize;
 use thiserror::Error;
@@ -80,6 +81,10 @@ pub struct Rule {
     pub keep_going: bool,
     /// Payload field paths the condition reads, checked against schemas at start-up.
     pub payload_paths: Vec<Vec<String>>,
+    /// Per variable the condition reads: the top-level fields it selects (`ce.type` → `type`),
+    /// or `None` when it uses the variable as a whole (`size(payload)`, `headers["x"]`). The
+    /// router builds only these fields per event.
+    pub field_reads: BTreeMap<String, Option<BTreeSet<String>>>,
 }
 
 impl Rule {
@@ -192,6 +197,26 @@ impl RuleSet {
                 return Err(err(rule_line, Some(&name), "duplicate rule name".into()));
             }
             let when_line = line_of(text, raw.when.span().start);
+            // Bounded at load time: the CEL parser and evaluator recurse per nesting level.
+            let source = raw.when.get_ref();
+            if source.len() > MAX_RULE_EXPRESSION_BYTES {
+                return Err(err(
+                    when_line,
+                    Some(&name),
+                    format!(
+                        "condition is {} bytes, over the limit of {MAX_RULE_EXPRESSION_BYTES}: split it into several rules",
+                        source.len()
+                    ),
+                ));
+            }
+            let depth = bracket_depth(source);
+            if depth > MAX_RULE_NESTING {
+                return Err(err(
+                    when_line,
+                    Some(&name),
+                    format!("condition nests {depth} brackets deep, over the limit of {MAX_RULE_NESTING}: simplify it"),
+                ));
+            }
             let program = Program::compile(raw.when.get_ref()).map_err(|e| {
                 err(
                     when_line,
@@ -256,6 +281,7 @@ impl RuleSet {
                 topics: raw.topics,
                 keep_going: raw.keep_going,
                 payload_paths: analysis.payload_paths.into_iter().collect(),
+                field_reads: analysis.field_reads,
             });
         }
         Ok(RuleSet {
@@ -302,6 +328,7 @@ impl RuleSet {
 struct Analysis {
     variables: BTreeSet<String>,
     payload_paths: BTreeSet<Vec<String>>,
+    field_reads: BTreeMap<String, Option<BTreeSet<String>>>,
 }
 
 impl Analysis {
@@ -310,16 +337,26 @@ impl Analysis {
             Expr::Ident(name) => {
                 if !bound.contains(name) {
                     self.variables.insert(name.clone());
+                    // Used whole: every field must be built.
+                    self.field_reads.insert(name.clone(), None);
                 }
             }
             Expr::Select(select) => {
-                if let Some(path) =
-                    payload_path(e).filter(|_| !bound.iter().any(|b| b == "payload"))
-                {
-                    self.variables.insert("payload".into());
-                    self.payload_paths.insert(path);
-                } else {
-                    self.walk(&select.operand, bound);
+                match select_path(e).filter(|(root, _)| !bound.contains(root)) {
+                    Some((root, path)) => {
+                        self.variables.insert(root.clone());
+                        if let Some(fields) = self
+                            .field_reads
+                            .entry(root.clone())
+                            .or_insert_with(|| Some(BTreeSet::new()))
+                        {
+                            fields.insert(path[0].clone());
+                        }
+                        if root == "payload" {
+                            self.payload_paths.insert(path);
+                        }
+                    }
+                    None => self.walk(&select.operand, bound),
                 }
             }
             Expr::Call(call) => {
@@ -364,8 +401,9 @@ impl Analysis {
     }
 }
 
-/// `payload.a.b` (or `has(payload.a.b)`) as `["a", "b"]`.
-fn payload_path(e: &IdedExpr) -> Option<Vec<String>> {
+/// `payload.a.b` (or `has(payload.a.b)`) as `("payload", ["a", "b"])`: a chain of field
+/// selections on a variable.
+fn select_path(e: &IdedExpr) -> Option<(String, Vec<String>)> {
     let mut segments = Vec::new();
     let mut current = e;
     loop {
@@ -374,9 +412,9 @@ fn payload_path(e: &IdedExpr) -> Option<Vec<String>> {
                 segments.push(select.field.clone());
                 current = &select.operand;
             }
-            Expr::Ident(name) if name == "payload" => {
+            Expr::Ident(name) if !segments.is_empty() => {
                 segments.reverse();
-                return Some(segments);
+                return Some((name.clone(), segments));
             }
             _ => return None,
         }
@@ -428,6 +466,16 @@ action = "drop"
         );
         assert_eq!(set.rules[0].line, 5);
         assert!(set.needs_payload());
+        let fields = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
+        assert_eq!(set.rules[0].field_reads["ce"], fields(&["type"]));
+        assert_eq!(
+            set.rules[0].field_reads["payload"],
+            fields(&["owner", "restart_count"])
+        );
+        assert_eq!(set.rules[1].field_reads["payload"], fields(&["labels"]));
+        let whole = parse("[[rule]]\nname = \"a\"\nwhen = 'size(payload) > 1 && payload.x == 1 && headers[\"h\"] == \"v\"'\nto = [\"t\"]\n").unwrap();
+        assert_eq!(whole.rules[0].field_reads["payload"], None);
+        assert_eq!(whole.rules[0].field_reads["headers"], None);
     }
 
     #[test]
@@ -458,6 +506,25 @@ action = "drop"
         let e = parse("[[rule]]\nname = \"a\"\nwhen = 'true'\nto=['t']\n[[rule]]\nname = \"a\"\nwhen = 'true'\nto=['t']\n")
             .unwrap_err();
         assert!(e.to_string().contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn oversized_and_deeply_nested_conditions_are_refused_at_load() {
+        let deep = format!("{}true{}", "(".repeat(40), ")".repeat(40));
+        let e = RuleSet::parse(
+            Path::new("r.toml"),
+            &format!("[[rule]]\nname = \"deep\"\nwhen = '{deep}'\naction = \"drop\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("nests 40 brackets"), "{e}");
+        let long = vec!["key == \"x\""; 500].join(" || ");
+        let e = RuleSet::parse(
+            Path::new("r.toml"),
+            &format!("[[rule]]\nname = \"long\"\nwhen = '{long}'\naction = \"drop\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("over the limit of 4096"), "{e}");
+        assert_eq!(e.line, 3);
     }
 
     #[test]

@@ -100,6 +100,23 @@ pub struct RuntimeSettings {
     pub retry_backoff_ms: u64,
     /// Longest retry backoff.
     pub retry_max_backoff_ms: u64,
+    /// In-process retries of one event stop once this much time has passed since its first
+    /// failure, even with attempts left, so one slow event does not stall its key lane.
+    pub retry_deadline_ms: u64,
+    /// After in-process retries, a retryable failure is not retried in place: the event goes to
+    /// the dead-letter topic with a not-before time and the reprocessor delivers it again (a
+    /// non-blocking retry). The delay is this, doubled per redelivery attempt.
+    pub redelivery_backoff_ms: u64,
+    /// Longest delay before a redelivery.
+    pub redelivery_max_backoff_ms: u64,
+    /// Per-key parking: while an event waits for redelivery, later events with its key are
+    /// parked behind it (to the dead-letter topic, then redelivered in order) so per-key order
+    /// survives non-blocking retries. Needs the reprocessor running on the dead-letter topics.
+    pub park_keys: bool,
+    /// Redis URL (`redis://`, `rediss://`, with credentials from the environment) for the
+    /// runtime's state (parked keys). Empty: in-process state, lost on restart; fine for one
+    /// replica, not for several.
+    pub state_url: String,
     /// Dead-letter topic of an input topic is `<topic><suffix>`.
     pub dead_letter_suffix: String,
     /// Also write the dead-letter header names other tools read: any of `spring` (Spring

@@ -13,6 +13,8 @@ pub struct FailureContext<'a> {
     pub group: &'a str,
     pub attempts: u32,
     pub first_failure_ms: i64,
+    /// For a retryable failure: when the reprocessor may deliver the event again.
+    pub retry_not_before_ms: Option<i64>,
     pub dead_letter_suffix: &'a str,
     /// Other tools' header dialects to write too (`runtime.dead_letter_compat`).
     pub compat: &'a [Dialect],
@@ -26,7 +28,13 @@ pub fn dead_letter(event: &Event, error: &StageError, ctx: &FailureContext<'_>) 
     headers.set(h::ERROR_STAGE, ctx.stage);
     headers.set(h::ERROR_WORKER, ctx.worker);
     headers.set(h::ERROR_ATTEMPTS, ctx.attempts.to_string());
-    headers.set(h::ERROR_FIRST_FAILURE_MS, ctx.first_failure_ms.to_string());
+    // A redelivered event that fails again keeps the time its trouble began.
+    if event.headers.get(h::ERROR_FIRST_FAILURE_MS).is_none() {
+        headers.set(h::ERROR_FIRST_FAILURE_MS, ctx.first_failure_ms.to_string());
+    }
+    if let Some(not_before) = ctx.retry_not_before_ms {
+        headers.set(h::RETRY_NOT_BEFORE_MS, not_before.to_string());
+    }
     headers.set(h::ORIGINAL_TOPIC, event.topic.as_str());
     headers.set(h::ORIGINAL_PARTITION, event.partition.to_string());
     headers.set(h::ORIGINAL_OFFSET, event.offset.to_string());
@@ -52,6 +60,7 @@ pub fn dead_letter(event: &Event, error: &StageError, ctx: &FailureContext<'_>) 
     }
     Output {
         topic: dead_letter_topic(&event.topic, ctx.dead_letter_suffix),
+        partition: None,
         key: event.key.clone(),
         payload: event.payload.clone(),
         headers,
@@ -99,6 +108,7 @@ mod tests {
             group: "g",
             attempts: 1,
             first_failure_ms: 5,
+            retry_not_before_ms: None,
             dead_letter_suffix: ".dlq",
             compat: &[Dialect::Spring, Dialect::Connect],
         };

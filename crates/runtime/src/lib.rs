@@ -11,13 +11,20 @@
 //! - **Per-key order with concurrency.** Events are spread over key lanes by a hash of their key
 //!   (or of their partition when they have none); a lane processes and enqueues its events
 //!   strictly in offset order, while different lanes work concurrently.
-//! - **Bounded memory.** At most `runtime.max_in_flight` events are in flight; above it the
-//!   consumer pauses its partitions (it keeps polling, so the group session stays alive) and
-//!   resumes below half of it.
+//! - **Bounded memory.** At most `runtime.max_in_flight` events are in flight; at the limit the
+//!   loop stops taking records until one finishes (librdkafka's fetch queue is bounded by
+//!   `kafka.fetch_queue_kbytes`); if that lasts 5 s it pauses its partitions (it keeps polling,
+//!   so the group session stays alive) and resumes below half of the limit.
 //! - **Failures by class.** Retryable errors ([`reflex_core::ErrorClass::is_retryable`]) retry
-//!   with exponential backoff and jitter up to `runtime.max_attempts`; the rest, and exhausted
-//!   retries, go to the `<topic>.dlq` dead-letter topic with the original record and headers
-//!   describing the failure. Nothing is dropped silently.
+//!   in process with exponential backoff and jitter, up to `runtime.max_attempts` and within
+//!   `runtime.retry_deadline_ms`; the rest, and exhausted retries, go to the `<topic>.dlq`
+//!   dead-letter topic with the original record and headers describing the failure. Nothing is
+//!   dropped silently. A retryable failure's dead letter carries a not-before time: the
+//!   dead-letter reprocessor delivers it back later (a non-blocking retry), and until then
+//!   later events of its key are parked behind it ([`park`]) so per-key order survives.
+//! - **Scheduled reading.** A stage may say an event is not due yet
+//!   ([`Stage::not_before_ms`]): the loop pauses that partition and reads the event again when
+//!   it is due, instead of sleeping with it in flight.
 //! - **Traced.** Each event is processed in a `process {topic}` span parented by its
 //!   `traceparent` header; every record it produces carries the span's context ([`trace`]).
 //! - **Observable.** `/metrics`, `/healthz` and `/readyz` on `runtime.http_listen` ([`http`]).
@@ -28,6 +35,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod http;
 pub mod offsets;
+pub mod park;
 mod run;
 pub mod shutdown;
 pub mod stage;
@@ -36,5 +44,5 @@ pub mod trace;
 pub mod worker;
 
 pub use config::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
-pub use run::{run, RuntimeError};
+pub use run::{headers_of, run, to_kafka_headers, RuntimeError};
 pub use stage::{Event, Output, Stage, StageError};

@@ -40,6 +40,8 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct Output {
     pub topic: String,
+    /// A fixed partition (redeliveries go back to the original one); `None` partitions by key.
+    pub partition: Option<i32>,
     pub key: Option<Bytes>,
     pub payload: Option<Bytes>,
     pub headers: Headers,
@@ -51,6 +53,9 @@ pub struct Output {
 pub struct StageError {
     pub class: ErrorClass,
     pub message: String,
+    /// Records produced together with the dead letter when this is the event's final failure
+    /// (e.g. the actor's audit outcomes of its failed attempts); dropped if it is retried.
+    pub outputs: Vec<Output>,
 }
 
 impl StageError {
@@ -58,7 +63,14 @@ impl StageError {
         Self {
             class,
             message: message.into(),
+            outputs: Vec::new(),
         }
+    }
+
+    /// Adds records to produce along with the dead letter.
+    pub fn with_outputs(mut self, outputs: Vec<Output>) -> Self {
+        self.outputs = outputs;
+        self
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Transient, message)
@@ -84,4 +96,11 @@ pub trait Stage: Send + Sync + 'static {
         &self,
         event: &Event,
     ) -> impl Future<Output = Result<Vec<Output>, StageError>> + Send;
+
+    /// The earliest time (ms since the epoch) `event` may be processed, if later than now: the
+    /// runtime then pauses the event's partition until that time and reads it again, instead of
+    /// sleeping with it in flight (used by the dead-letter reprocessor's redelivery schedule).
+    fn not_before_ms(&self, _event: &Event) -> Option<i64> {
+        None
+    }
 }

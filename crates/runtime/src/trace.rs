@@ -55,12 +55,25 @@ pub fn process_span(event: &Event, group: &str) -> Span {
         .get(reflex_core::headers::trace::TRACEPARENT)
         .is_some()
     {
-        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        let origin = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(&event.headers))
         });
-        let _ = span.set_parent(parent);
+        if is_redelivery(&event.headers) {
+            // A redelivered or replayed event starts a trace of its own, linked to the
+            // original one (OpenTelemetry messaging conventions for retries and replays).
+            use opentelemetry::trace::TraceContextExt;
+            span.add_link(origin.span().span_context().clone());
+        } else {
+            let _ = span.set_parent(origin);
+        }
     }
     span
+}
+
+/// Whether the event came back from a dead-letter topic (reprocessor or `reflexctl dlq replay`).
+pub fn is_redelivery(headers: &Headers) -> bool {
+    use reflex_core::headers::reflex as rh;
+    headers.get(rh::REDELIVERY_ATTEMPT).is_some() || headers.get(rh::REPLAY_ID).is_some()
 }
 
 /// Marks the span failed with the error class.

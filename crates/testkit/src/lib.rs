@@ -4,7 +4,7 @@
 //! Tests use unique topic and group names ([`unique`]) so they can run in parallel against one
 //! stack. Child processes are wrapped in [`ChildGuard`] so they die with the test, even on panic.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -335,4 +335,22 @@ impl Drop for ChildGuard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A repository script (`scripts/demo`, `scripts/faults`) run as a user runs it, from the
+/// repository root with nothing configured: the test stack's addresses and the pack choice are
+/// removed from its environment, so it brings up a stack of its own.
+pub fn unconfigured_script(script: &str) -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut command = Command::new(root.join(script));
+    command.current_dir(&root);
+    for var in [
+        "REFLEX_TEST_BOOTSTRAP",
+        "REFLEX_TEST_REGISTRY_URL",
+        "REFLEX_TEST_REDIS_URL",
+        "REFLEX_PACK",
+    ] {
+        command.env_remove(var);
+    }
+    command
 }

@@ -1,0 +1,707 @@
+//! `reflexctl rules test`: shadow mode for a scenario pack.
+//!
+//! Recorded events (JSON, as `reflexctl publish` takes them) go through the pack's real worker
+//! code, in process, with nothing called: the router's [`Router::verdict`] (envelope, decoding,
+//! CEL rules), then the enricher's stage (file lookups answer from their tables; Redis and HTTP
+//! lookups are not called, so such packs stop at the bindings they select), then the actor's
+//! compiled action templates render the call it would make. Guardrails that can be known
+//! without Redis are applied: dry run (worker, action or request) and the blast-radius cap,
+//! counted over the file as if the window had just started. Nothing is produced, claimed or
+//! sent; the registry is not asked either (the pack's own schema files are used).
+//!
+//! A pack is a directory with `pack.toml` (how its events are published), `router.toml`,
+//! `enricher.toml`, `actor.toml` (worker configs, paths in them relative to the working
+//! directory, as the workers read them) and `topics/*.toml` (declarations naming the value
+//! schema of the events topic).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use reflex_actor::config::{compile, Action, Kind};
+use reflex_actor::{ActorConfig, ACTOR_DEFAULTS};
+use reflex_core::actions::{ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
+use reflex_core::headers::reflex as rh;
+use reflex_core::registry::RegistryClient;
+use reflex_core::template::Templates;
+use reflex_core::wire::encode_frame;
+use reflex_enricher::lookup::Source;
+use reflex_enricher::spec::Spec;
+use reflex_enricher::{EnricherConfig, OutputSettings, ENRICHER_DEFAULTS};
+use reflex_router::rules::{RuleSet, Unmatched};
+use reflex_router::{Router, RouterConfig, Verdict, ROUTER_DEFAULTS};
+use reflex_runtime::config::{load, RUNTIME_DEFAULTS};
+use reflex_runtime::{Event, Stage};
+use serde::Deserialize;
+
+use crate::publish::{encode, event_headers, key_from_field, parse_documents, parse_header_args};
+
+pub const LONG_ABOUT: &str = "Shadow mode for rules: run recorded events through a scenario \
+pack's router rules, enricher bindings and actor actions, in process, with every action \
+stubbed, and print per event what would happen: the matching rule and destination topics (or \
+which rule dropped or dead-lettered it), the action requests the enricher would bind, and the \
+call the actor would make (method, URL, headers, body), or DRY_RUN / PARKED when a guardrail \
+holds it. The blast-radius cap is counted over the file as if its window had just started. \
+Nothing is produced and no broker, registry, Redis or target is contacted.\n\n\
+The pack directory holds pack.toml ([events] topic, type, source, key_field, file), \
+router.toml, enricher.toml, actor.toml and topics/*.toml; run it from where the workers run \
+(paths inside the worker configs are relative to the working directory). Events are JSON \
+documents, one per line, exactly as `reflexctl publish` takes them; each gets ce_id <id>-<n>.\n\n\
+Examples:\n  \
+reflexctl rules test examples/crash-loop --events examples/crash-loop/events.jsonl\n  \
+reflexctl rules test examples/host-quarantine --events new.jsonl --type io.security.host.compromised";
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Run recorded events through a pack's rules with actions stubbed (shadow mode).
+    #[command(long_about = LONG_ABOUT)]
+    Test(RulesTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesTestArgs {
+    /// The scenario pack directory, e.g. examples/crash-loop.
+    pub pack: PathBuf,
+    /// Recorded events: JSON documents, one per line (default: the pack's `[events] file`).
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Topic the events arrive on (default: the pack's `[events] topic`).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// CloudEvents type, ce_type (default: the pack's `[events] type`).
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// CloudEvents source, ce_source (default: the pack's `[events] source`).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Take each event's key from this JSON field (default: the pack's `[events] key_field`).
+    #[arg(long)]
+    pub key_field: Option<String>,
+    /// ce_id prefix: event n gets `<id>-<n>`.
+    #[arg(long, default_value = "event")]
+    pub id: String,
+    /// Extra header `name=value` (repeatable), as in `reflexctl publish`.
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+}
+
+/// `pack.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackFile {
+    events: PackEvents,
+}
+
+/// How a pack's events are published (the `reflexctl publish` flags).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackEvents {
+    /// Topic the events are produced to.
+    topic: String,
+    /// ce_type.
+    #[serde(rename = "type")]
+    event_type: String,
+    /// ce_source.
+    #[serde(default = "default_source")]
+    source: String,
+    /// JSON field holding the record key.
+    #[serde(default)]
+    key_field: Option<String>,
+    /// Recorded events file, relative to the pack directory.
+    #[serde(default)]
+    file: Option<PathBuf>,
+}
+
+fn default_source() -> String {
+    "reflexctl".into()
+}
+
+/// Schema ids the in-process registry cache answers (nothing else is ever asked for).
+const EVENT_SCHEMA_ID: u32 = 1;
+const REQUEST_SCHEMA_ID: u32 = 2;
+
+pub async fn run(args: RulesTestArgs) -> anyhow::Result<ExitCode> {
+    let report = shadow(&args).await?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads one worker config the way the worker does: embedded defaults, the file, `REFLEX_*`.
+fn worker_config<T: serde::de::DeserializeOwned>(
+    pack: &Path,
+    file: &str,
+    defaults: &str,
+) -> anyhow::Result<T> {
+    let path = pack.join(file);
+    if !path.exists() {
+        bail!(
+            "{} is missing: a pack needs pack.toml, router.toml, enricher.toml, actor.toml and topics/",
+            path.display()
+        );
+    }
+    load(&[RUNTIME_DEFAULTS, defaults], Some(&path)).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Runs the whole shadow pass and returns the report text.
+pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
+    let pack = &args.pack;
+    let pack_toml = pack.join("pack.toml");
+    let pack_text = std::fs::read_to_string(&pack_toml).with_context(|| {
+        format!(
+            "cannot read {} (is {} a pack directory?)",
+            pack_toml.display(),
+            pack.display()
+        )
+    })?;
+    let pack_file: PackFile = toml::from_str(&pack_text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| reflex_core::line_of(&pack_text, s.start))
+            .unwrap_or(0);
+        anyhow!("{}:{line}: {}", pack_toml.display(), e.message())
+    })?;
+    let ev = pack_file.events;
+    let topic = args.topic.clone().unwrap_or(ev.topic);
+    let event_type = args.event_type.clone().unwrap_or(ev.event_type);
+    let source = args.source.clone().unwrap_or(ev.source);
+    let key_field = args.key_field.clone().or(ev.key_field);
+    let events_path = match (&args.events, &ev.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => pack.join(f),
+        (None, None) => bail!("pass --events FILE (the pack's pack.toml names no [events] file)"),
+    };
+    let extra = parse_header_args(&args.headers)?;
+
+    // The events topic's value schema, from the pack's topic declarations.
+    let topics_dir = pack.join("topics");
+    let decls = reflex_core::topics::load_dir(&topics_dir).with_context(|| {
+        format!(
+            "cannot load the topic declarations in {}",
+            topics_dir.display()
+        )
+    })?;
+    let decl = decls.iter().find(|d| d.name == topic).ok_or_else(|| {
+        anyhow!(
+            "topic {topic} is not declared in {}/*.toml",
+            topics_dir.display()
+        )
+    })?;
+    let schema_path = decl.value_schema.as_ref().ok_or_else(|| {
+        anyhow!(
+            "the declaration of {topic} in {} names no value_schema",
+            topics_dir.display()
+        )
+    })?;
+    let schema_text = std::fs::read_to_string(schema_path)
+        .with_context(|| format!("cannot read {schema_path}, the value schema of {topic}"))?;
+    let schema = reflex_core::avro::parse_schema(&schema_text)
+        .with_context(|| format!("{schema_path} is not a usable Avro schema"))?;
+    let subject = decl
+        .value_subject
+        .clone()
+        .unwrap_or_else(|| format!("{topic}-value"));
+
+    // Nothing listens on port 9: the preloaded ids are all that is ever used, nothing is called.
+    let registry = RegistryClient::new(
+        "http://127.0.0.1:9",
+        Duration::from_millis(100),
+        Duration::ZERO,
+    );
+    registry
+        .preload(EVENT_SCHEMA_ID, &schema_text)
+        .with_context(|| format!("{schema_path} is not a usable Avro schema"))?;
+    registry.preload(REQUEST_SCHEMA_ID, ACTION_REQUEST_SCHEMA)?;
+    let request_schema = registry.schema_by_id(REQUEST_SCHEMA_ID).await?;
+
+    // Router: the rule file, checked against the schema as at the router's start-up.
+    let router_config: RouterConfig = worker_config(pack, "router.toml", ROUTER_DEFAULTS)?;
+    let rules = RuleSet::load(&router_config.router.rules_file)?;
+    rules.check_schema(&topic, &subject, &schema_text)?;
+    let rule_count = rules.rules.len();
+    let unmatched = rules.unmatched;
+    let router = Router::new(rules, registry.clone(), router_config.router.max_hops);
+
+    // Enricher: in process when every lookup is a file table; else only binding selection.
+    let enricher_config: EnricherConfig = worker_config(pack, "enricher.toml", ENRICHER_DEFAULTS)?;
+    let settings = &enricher_config.enricher;
+    let spec = Spec::load(&settings.bindings_file)?;
+    for input in &enricher_config.kafka.input_topics {
+        spec.check_schema(input, &subject, &schema_text)?;
+    }
+    let remote: Vec<String> = spec
+        .lookups
+        .iter()
+        .filter(|l| l.source.kind() != "file")
+        .map(|l| format!("`{}` ({})", l.name, l.source.kind()))
+        .collect();
+    let bindings: Vec<(String, Vec<String>, Vec<String>)> = spec
+        .bindings
+        .iter()
+        .map(|b| (b.action.clone(), b.when_types.clone(), b.when_rules.clone()))
+        .collect();
+    let enricher = if remote.is_empty() {
+        let sources = spec
+            .lookups
+            .iter()
+            .map(|l| Source::new(&l.source, None).map_err(|e| anyhow!(e)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let codec = AvroCodec::new(REQUEST_SCHEMA_ID, ACTION_REQUEST_SCHEMA)?;
+        Some(reflex_enricher::Enricher::new(
+            spec,
+            sources,
+            registry.clone(),
+            codec,
+            OutputSettings {
+                topic: settings.output_topic.clone(),
+                event_type: settings.output_event_type.clone(),
+                source: settings.output_source.clone(),
+            },
+        ))
+    } else {
+        None
+    };
+
+    // Actor: the actions compiled as at its start-up. Nothing is signed in shadow mode, so
+    // signing secrets are not needed.
+    let actor_path = pack.join("actor.toml");
+    let actor_config: ActorConfig = worker_config(pack, "actor.toml", ACTOR_DEFAULTS)?;
+    let actor_text = std::fs::read_to_string(&actor_path)?;
+    let (actions, templates) = compile(
+        &actor_config.actor.action,
+        Some((&actor_path, &actor_text)),
+        &|_| Some("shadow-mode".into()),
+    )?;
+
+    // Events, each checked against the schema before anything runs (as `publish` does).
+    let events_name = events_path.display().to_string();
+    let text = std::fs::read_to_string(&events_path)
+        .with_context(|| format!("cannot read the events file {events_name}"))?;
+    let documents = parse_documents(&events_name, &text)?;
+    let mut events = Vec::with_capacity(documents.len());
+    for (index, doc) in documents.iter().enumerate() {
+        let n = index + 1;
+        let datum = encode(&schema, doc).map_err(|e| {
+            anyhow!("event {n} of {events_name} does not match {schema_path} (the value schema of {topic}): {e}")
+        })?;
+        let key = match &key_field {
+            Some(field) => Some(
+                key_from_field(doc, field)
+                    .map_err(|e| anyhow!("event {n} of {events_name}: {e}"))?,
+            ),
+            None => None,
+        };
+        let id = format!("{}-{n}", args.id);
+        events.push(Event {
+            topic: topic.clone(),
+            partition: 0,
+            offset: index as i64,
+            timestamp_ms: None,
+            key: key.map(Bytes::from),
+            payload: Some(Bytes::from(encode_frame(EVENT_SCHEMA_ID, &datum))),
+            headers: event_headers(&id, &source, &event_type, &extra),
+        });
+    }
+
+    let mut out = String::new();
+    let mut tally = Tally::default();
+    let mut blast: BTreeMap<String, u64> = BTreeMap::new();
+    let _ = writeln!(
+        out,
+        "shadow run of {} ({}, {} of type {event_type} on {topic}); nothing is called",
+        pack.display(),
+        plural(rule_count, "rule"),
+        plural(events.len(), "event")
+    );
+    if !remote.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: lookups {} are not called in shadow mode: bindings are selected, requests not rendered",
+            remote.join(", ")
+        );
+    }
+    for (index, event) in events.iter().enumerate() {
+        let key = event
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "event {} key={key} ce_id={}-{}",
+            index + 1,
+            args.id,
+            index + 1
+        );
+        let outputs = match router.verdict(event).await {
+            Err(e) => {
+                tally.dead_lettered += 1;
+                let _ = writeln!(
+                    out,
+                    "  router: dead letter ({}): {}",
+                    e.class.as_str(),
+                    e.message
+                );
+                continue;
+            }
+            Ok(Verdict::Dropped { rule: Some(rule) }) => {
+                tally.dropped += 1;
+                let _ = writeln!(out, "  router: dropped by rule {rule}");
+                continue;
+            }
+            Ok(Verdict::Dropped { rule: None }) => {
+                tally.dropped += 1;
+                // unmatched = "dead-letter" is an error above; here it is "drop".
+                debug_assert_eq!(unmatched, Unmatched::Drop);
+                let _ = writeln!(
+                    out,
+                    "  router: no rule matched: dropped (unmatched = \"drop\")"
+                );
+                continue;
+            }
+            Ok(Verdict::Routed(outputs)) => outputs,
+        };
+        tally.routed += 1;
+        for routed in outputs {
+            let rule = routed.headers.get_str(rh::RULE).unwrap_or("?").to_string();
+            let _ = writeln!(out, "  router: rule {rule} -> {}", routed.topic);
+            if !enricher_config.kafka.input_topics.contains(&routed.topic) {
+                let _ = writeln!(out, "    (not an input of this pack's enricher)");
+                continue;
+            }
+            let Some(enricher) = &enricher else {
+                let selected: Vec<&str> = bindings
+                    .iter()
+                    .filter(|(_, types, rules)| {
+                        (types.is_empty() || types.contains(&event_type))
+                            && (rules.is_empty() || rules.contains(&rule))
+                    })
+                    .map(|(action, _, _)| action.as_str())
+                    .collect();
+                let _ = writeln!(out, "    enricher: would bind {}", list_or_none(&selected));
+                continue;
+            };
+            let as_input = Event {
+                topic: routed.topic.clone(),
+                partition: 0,
+                offset: index as i64,
+                timestamp_ms: None,
+                key: routed.key.clone(),
+                payload: routed.payload.clone(),
+                headers: routed.headers.clone(),
+            };
+            let requests = match enricher.process(&as_input).await {
+                Ok(requests) => requests,
+                Err(e) => {
+                    let _ = writeln!(
+                        out,
+                        "    enricher: dead letter ({}): {}",
+                        e.class.as_str(),
+                        e.message
+                    );
+                    continue;
+                }
+            };
+            if requests.is_empty() {
+                let _ = writeln!(out, "    enricher: no binding selects it");
+            }
+            for request in requests {
+                let value = request.payload.as_deref().unwrap_or_default();
+                let req = AvroCodec::<ActionRequest>::decode_with(&request_schema.fast, value)
+                    .map_err(|e| anyhow!("the enricher wrote an undecodable request: {e}"))?;
+                let _ = writeln!(
+                    out,
+                    "    enricher: {} -> {} (idempotency key {})",
+                    req.action, request.topic, req.idempotency_key
+                );
+                let line = act(&actions, &templates, &actor_config, &req, &mut blast);
+                tally.count(&req.action, &line);
+                let _ = write!(out, "{}", line.text);
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "summary: {}: {} routed, {} dropped, {} dead-lettered",
+        plural(events.len(), "event"),
+        tally.routed,
+        tally.dropped,
+        tally.dead_lettered
+    );
+    for (action, counts) in &tally.actions {
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(what, n)| format!("{n} {what}"))
+            .collect();
+        let _ = writeln!(out, "  {action}: {}", parts.join(", "));
+    }
+    Ok(out)
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "nothing (no binding selects it)".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    routed: usize,
+    dropped: usize,
+    dead_lettered: usize,
+    /// action → outcome → count.
+    actions: BTreeMap<String, BTreeMap<&'static str, usize>>,
+}
+
+impl Tally {
+    fn count(&mut self, action: &str, line: &ActorLine) {
+        *self
+            .actions
+            .entry(action.to_string())
+            .or_default()
+            .entry(line.outcome)
+            .or_default() += 1;
+    }
+}
+
+/// What the actor would do with one request.
+struct ActorLine {
+    outcome: &'static str,
+    text: String,
+}
+
+fn act(
+    actions: &[Action],
+    templates: &Templates,
+    config: &ActorConfig,
+    req: &ActionRequest,
+    blast: &mut BTreeMap<String, u64>,
+) -> ActorLine {
+    let dead = |message: String| ActorLine {
+        outcome: "dead-lettered",
+        text: format!("      actor: dead letter (permanent): {message}\n"),
+    };
+    let Some(action) = actions.iter().find(|a| a.settings.name == req.action) else {
+        return dead(format!(
+            "unknown action `{}` (not in the pack's actor.toml)",
+            req.action
+        ));
+    };
+    let render = |field: &str| {
+        templates
+            .render(&action.template_name(field), req)
+            .map_err(|e| {
+                format!(
+                    "action `{}` field `{field}` cannot be rendered for this request: {e}",
+                    req.action
+                )
+            })
+    };
+    let body = match action.settings.body {
+        Some(_) => render("body"),
+        None => Ok(req.body.clone().unwrap_or_default()),
+    };
+    // The call, rendered exactly as the actor renders it.
+    let call = (|| -> Result<String, String> {
+        Ok(match &action.kind {
+            Kind::Http {
+                method, headers, ..
+            } => {
+                let method = match method {
+                    Some(m) => m.to_string(),
+                    None => render("method")?,
+                };
+                let mut text = format!("call {method} {}\n", render("url")?);
+                let mut shown = vec![format!("idempotency-key: {}", req.idempotency_key)];
+                for name in headers {
+                    shown.push(format!("{name}: {}", render(&format!("header.{name}"))?));
+                }
+                let _ = writeln!(text, "             headers: {}", shown.join(", "));
+                let _ = write!(text, "             body: {}", body.clone()?);
+                text
+            }
+            Kind::Emit { topic } => format!("emit to {topic}: {}", body.clone()?),
+            Kind::Log => match action.settings.message {
+                Some(_) => format!("log: {}", render("message")?),
+                None => format!(
+                    "log: action {} on {} for event {}",
+                    req.action, req.target, req.event_id
+                ),
+            },
+        })
+    })();
+    let call = match call {
+        Ok(call) => call,
+        Err(message) => return dead(message),
+    };
+    let s = &action.settings;
+    let dry = if req.dry_run {
+        Some("the request (binding dry_run)")
+    } else if s.dry_run {
+        Some("the action's dry_run")
+    } else if config.actor.dry_run {
+        Some("actor.dry_run")
+    } else {
+        None
+    };
+    // The actor counts only live executions against the cap; in a dry run the count shows
+    // what going live would do.
+    let capped = (s.blast_radius_max > 0).then(|| {
+        let count = blast.entry(s.name.clone()).or_default();
+        *count += 1;
+        (*count > s.blast_radius_max).then(|| {
+            format!(
+                "PARKED by the blast-radius cap ({} per {} ms; this is number {count} in the window), to {}",
+                s.blast_radius_max, s.blast_radius_window_ms, config.actor.parked_topic
+            )
+        })
+    });
+    if let Some(why) = dry {
+        let mut text = format!("      actor: DRY_RUN ({why}), would {call}\n");
+        if let Some(Some(parked)) = &capped {
+            let _ = writeln!(text, "             live, it would be {parked}");
+        }
+        return ActorLine {
+            outcome: "dry run",
+            text,
+        };
+    }
+    if let Some(Some(parked)) = capped {
+        return ActorLine {
+            outcome: "parked",
+            text: format!("      actor: {parked}\n"),
+        };
+    }
+    ActorLine {
+        outcome: "would run",
+        text: format!("      actor: would {call}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of examples/crash-loop in a temp dir, its paths pointed at the copy.
+    fn pack_copy() -> (tempfile::TempDir, PathBuf) {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/crash-loop");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        for sub in ["", "avro", "topics"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+            for entry in std::fs::read_dir(source.join(sub)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    let text = std::fs::read_to_string(&path)
+                        .unwrap()
+                        .replace("examples/crash-loop/", &format!("{}/", root.display()));
+                    std::fs::write(root.join(sub).join(path.file_name().unwrap()), text).unwrap();
+                }
+            }
+        }
+        (dir, root)
+    }
+
+    fn args(pack: &Path) -> RulesTestArgs {
+        RulesTestArgs {
+            pack: pack.to_path_buf(),
+            events: None,
+            topic: None,
+            event_type: None,
+            source: None,
+            key_field: None,
+            id: "event".into(),
+            headers: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_crash_loop_pack_restarts_below_the_threshold_and_caps() {
+        let (_dir, pack) = pack_copy();
+        let report = shadow(&args(&pack)).await.unwrap();
+        assert!(
+            report.contains("dropped by rule skip-during-rollout"),
+            "{report}"
+        );
+        assert!(
+            report.contains("restart-pod: 1 parked, 3 would run"),
+            "{report}"
+        );
+        assert!(
+            report.contains("would call DELETE http://127.0.0.1:18080/api/v1/namespaces/shop/pods/checkout-7d9f"),
+            "{report}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_rule_file_names_file_line_and_rule() {
+        let (_dir, pack) = pack_copy();
+        let rules = pack.join("rules.toml");
+        let text = std::fs::read_to_string(&rules)
+            .unwrap()
+            .replace("payload.restart_count < 10'", "payload.restart_count < '");
+        std::fs::write(&rules, text).unwrap();
+        let e = shadow(&args(&pack)).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:", rules.display()))
+                && e.contains("rule `crashloop-restart`: condition does not compile"),
+            "{e}"
+        );
+
+        let text = std::fs::read_to_string(&rules)
+            .unwrap()
+            .replace("payload.restart_count < '", "payload.restarts < 10'");
+        std::fs::write(&rules, text).unwrap();
+        let e = shadow(&args(&pack)).await.unwrap_err().to_string();
+        assert!(
+            e.contains("payload.restarts does not exist in the schema"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_events_name_the_event_and_the_field() {
+        let (_dir, pack) = pack_copy();
+        let events = pack.join("bad.jsonl");
+        std::fs::write(
+            &events,
+            "{\"cluster\":\"c\",\"namespace\":\"n\",\"pod\":\"p\",\"reason\":\"r\",\"restart_count\":4}\n{\"cluster\":\"c\",\"namespace\":\"n\",\"pod\":\"p\",\"reason\":\"r\",\"restart_count\":\"many\"}\n",
+        )
+        .unwrap();
+        let mut a = args(&pack);
+        a.events = Some(events.clone());
+        let e = shadow(&a).await.unwrap_err().to_string();
+        assert!(
+            e.contains("event 2 of") && e.contains("restart_count"),
+            "{e}"
+        );
+
+        std::fs::write(&events, "{\"cluster\": \n").unwrap();
+        let e = shadow(&a).await.unwrap_err().to_string();
+        assert!(e.contains("is not valid JSON"), "{e}");
+
+        a.events = Some(pack.join("missing.jsonl"));
+        let e = format!("{:#}", shadow(&a).await.unwrap_err());
+        assert!(e.contains("cannot read the events file"), "{e}");
+
+        let e = shadow(&args(&pack.join("nope")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is") && e.contains("a pack directory"), "{e}");
+    }
+}
