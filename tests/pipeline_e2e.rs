@@ -292,6 +292,7 @@ timeout_ms = 3000
         "reflex_processing_duration_seconds_bucket",
         "reflex_in_flight_events",
         "reflex_paused_partitions",
+        "reflex_assigned_partitions",
         "reflex_backpressure_pauses_total",
         "reflex_parked_keys{",
         "reflex_parked_events_total{",

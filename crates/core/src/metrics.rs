@@ -17,6 +17,9 @@ pub const RULE_MATCHES: &str = "reflex_rule_matches_total";
 pub const IN_FLIGHT: &str = "reflex_in_flight_events";
 /// Partitions currently paused for backpressure. Labels: `stage`.
 pub const PAUSED_PARTITIONS: &str = "reflex_paused_partitions";
+/// Partitions the worker's consumer currently owns (a scale-down or rebalance has settled when
+/// the replicas' values add up to the topic's partitions). Labels: `stage`.
+pub const ASSIGNED_PARTITIONS: &str = "reflex_assigned_partitions";
 /// Times the runtime paused its partitions for backpressure. Labels: `stage`.
 pub const BACKPRESSURE_PAUSES: &str = "reflex_backpressure_pauses_total";
 /// Processing time of one event in the stage. Labels: `stage`.

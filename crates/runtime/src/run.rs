@@ -130,6 +130,7 @@ pub async fn run<S: Stage>(
             tracker: tracker.clone(),
             health: health.clone(),
             rebalances,
+            stage: stage.name(),
         })
         .map_err(RuntimeError::Setup)?;
     let producer: FutureProducer = producer_config(kafka, &worker_id)
@@ -641,6 +642,7 @@ fn register_metrics(stage: &'static str) {
     }
     metrics::gauge!(m::IN_FLIGHT, "stage" => stage).set(0.0);
     metrics::gauge!(m::PAUSED_PARTITIONS, "stage" => stage).set(0.0);
+    metrics::gauge!(m::ASSIGNED_PARTITIONS, "stage" => stage).set(0.0);
     metrics::gauge!(m::DELAYED_PARTITIONS, "stage" => stage).set(0.0);
 }
 
@@ -828,6 +830,8 @@ struct RuntimeContext {
     health: Arc<Health>,
     /// Counts rebalances, so parking state is reloaded for partitions we (re)gained.
     rebalances: Arc<AtomicU64>,
+    /// Label of the assigned-partitions gauge.
+    stage: &'static str,
 }
 
 impl ClientContext for RuntimeContext {}
@@ -841,10 +845,15 @@ impl ConsumerContext for RuntimeContext {
                 for e in tpl.elements() {
                     tracker.forget(e.topic(), e.partition());
                 }
+                // Cooperative-sticky: each callback carries only the change.
+                metrics::gauge!(m::ASSIGNED_PARTITIONS, "stage" => self.stage)
+                    .decrement(tpl.count() as f64);
                 info!(partitions = tpl.count(), "partitions revoked");
             }
             Rebalance::Assign(tpl) => {
                 self.health.set_assigned();
+                metrics::gauge!(m::ASSIGNED_PARTITIONS, "stage" => self.stage)
+                    .increment(tpl.count() as f64);
                 info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
