@@ -65,6 +65,11 @@ pub struct KafkaSettings {
     pub group_instance_id: String,
     /// Topics this worker consumes.
     pub input_topics: Vec<String>,
+    /// librdkafka's `partition.assignment.strategy`: `cooperative-sticky` (default; a rebalance
+    /// moves only the partitions that change owner) or an eager one, `range` or `roundrobin`
+    /// (every member gives up everything on each rebalance). Eager is the fallback for brokers
+    /// whose incremental rebalancing is unreliable (RELIABILITY.md, finding 4).
+    pub assignment_strategy: String,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
     /// Group session timeout; a member silent this long is removed and its partitions reassigned.

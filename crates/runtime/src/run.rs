@@ -780,7 +780,7 @@ fn consumer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("client.id", client_id)
         .set("group.id", &kafka.group_id)
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("partition.assignment.strategy", &kafka.assignment_strategy)
         .set("enable.auto.commit", "true")
         // Offsets are stored by the runtime only once an event's outputs are acknowledged.
         .set("enable.auto.offset.store", "false")
