@@ -94,7 +94,17 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A caller that timed out and hung up makes the late reply fail. socketserver would print
+        # a traceback to stderr, which shares the log file and could split a request line in two
+        # (the checker then missed an applied effect). One JSON line instead, under the lock.
+        with LOCK:
+            print(json.dumps({"event": "reply failed", "error": repr(sys.exc_info()[1])}), flush=True)
+
+
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 18080
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    Server(("127.0.0.1", port), Handler).serve_forever()

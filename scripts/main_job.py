@@ -764,6 +764,7 @@ class Job:
         effects_by_action = Counter()
         outcomes_by_result = Counter()
         succeeded_keys = Counter()  # idempotency key -> SUCCEEDED final outcomes
+        http_succeeded = set()  # keys of SUCCEEDED http outcomes, to name any the target never applied
         prefix = f"mj-{self.run_id}-"
 
         def event_id(m):
@@ -784,6 +785,8 @@ class Job:
                 if o["result"] == "SUCCEEDED":
                     effects_by_action[o["action"]] += 1
                     succeeded_keys[o.get("idempotency_key") or o["event_id"] + "/" + o["action"]] += 1
+                    if self.pack.actions.get(o["action"], {}).get("kind") == "http":
+                        http_succeeded.add(o.get("idempotency_key") or o["event_id"] + "/" + o["action"])
             elif m.topic() in dlqs:
                 eid = event_id(m)
                 if eid:
@@ -869,9 +872,11 @@ class Job:
         succeeded_http = sum(v for a, v in effects_by_action.items() if self.pack.actions.get(a, {}).get("kind") == "http")
         if self.repeats_allowed:
             # A timed-out call may have applied its effect while its outcome says FAILED: shown, not a failure.
-            check(succeeded_http <= stats["applied_keys"],
+            missing = sorted(http_succeeded - stats["applied_set"])
+            check(succeeded_http <= stats["applied_keys"] and not missing,
                   f"every succeeded HTTP outcome has its effect at the target ({fmt(succeeded_http)} outcomes,"
-                  f" {fmt(stats['applied_keys'])} keys applied)")
+                  f" {fmt(stats['applied_keys'])} keys applied"
+                  + (f"; never applied: {', '.join(missing[:5])}" if missing else "") + ")")
         else:
             check(succeeded_http == stats["keys"],
                   f"one effect per succeeded HTTP outcome ({fmt(succeeded_http)} outcomes, {fmt(stats['keys'])} keys at the target)")
@@ -908,7 +913,7 @@ class Job:
             "checks": [{"ok": ok, "check": t} for ok, t in checks],
             "ended": dict(ended), "dropped": unended, "pending": pending,
             "outcomes": {f"{a}/{r}": v for (a, r), v in outcomes_by_result.items()},
-            "target": stats, "poison": len(gen.poison), "duplicated": len(gen.duplicated),
+            "target": {k: v for k, v in stats.items() if k != "applied_set"}, "poison": len(gen.poison), "duplicated": len(gen.duplicated),
             "lost": lost, "lost_ids": lost_ids[:20], "restarts": self.restarts, "duplicate_effects": duplicate_effects,
             "parked": ended["parked"], "dead_letters": ended["dead letters"],
             "dead_classes": dict(dead_classes),
@@ -930,6 +935,8 @@ class Job:
                 r = json.loads(line)
             except ValueError:
                 continue
+            if "method" not in r:  # the target's own notes (a reply to a caller that hung up)
+                continue
             requests += 1
             key = r.get("idempotency_key")
             per_key[key] += 1
@@ -939,6 +946,7 @@ class Job:
                 failed += 1
         return {
             "requests": requests, "keys": len(per_key), "applied_keys": len(effects), "failed": failed,
+            "applied_set": set(effects),
             "repeated_keys": sum(1 for v in per_key.values() if v > 1),
             "duplicate_effects": sum(v - 1 for v in effects.values() if v > 1),
         }
