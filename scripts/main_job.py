@@ -853,7 +853,8 @@ class Job:
         check(accounted + unended == n_in and unended == dropped and pending == 0,
               f"nothing lost: events in {fmt(n_in)} = outcomes {fmt(ended['outcomes'])} + parked {fmt(ended['parked'])}"
               f" + dead letters {fmt(ended['dead letters'])} + dropped by rules {fmt(unended)}"
-              f" (workers counted {fmt(dropped)} dropped; uncommitted {fmt(pending)})")
+              f" (workers counted {fmt(dropped)} dropped; uncommitted {fmt(pending)}"
+              + (" by stage: " + ", ".join(f"{k} {v}" for k, v in lags.items() if v) if pending else "") + ")")
         poison_dead = sum(1 for eid in gen.poison if dead.get(eid))
         check(poison_dead == len(gen.poison), f"every poison record dead-lettered ({poison_dead}/{len(gen.poison)})")
         dup_outcomes = sum(v - 1 for v in succeeded_keys.values() if v > 1)
