@@ -539,10 +539,11 @@ impl<S: Stage> Shared<S> {
             metrics::counter!(m::EVENTS_OUT, "stage" => self.stage.name())
                 .increment(produced as u64);
         }
-        let safe = self
-            .tracker_lock()
-            .finish(&event.topic, event.partition, event.offset);
-        if let Some(offset) = safe {
+        // Stored while the tracker is locked: settles of one partition run concurrently, and a
+        // store done after the lock was released could land after a later, higher one and move
+        // the committed offset back (seen: 4 records left uncommitted at the end of a stream).
+        let mut tracker = self.tracker_lock();
+        if let Some(offset) = tracker.finish(&event.topic, event.partition, event.offset) {
             // Stores offset + 1 (the next to read); fails harmlessly if the partition was revoked.
             if let Err(e) = self
                 .consumer
@@ -551,6 +552,7 @@ impl<S: Stage> Shared<S> {
                 debug!(topic = %event.topic, partition = event.partition, error = %e, "offset not stored (partition revoked?)");
             }
         }
+        drop(tracker);
         self.done();
     }
 
