@@ -229,7 +229,7 @@ impl Reprocessor {
                         dl.message
                     ),
                 );
-                headers.set(rh::REDELIVERED_FROM, from.as_str());
+                headers.set(rh::REDELIVERED_FROM, from.clone());
                 let mut outputs = vec![Output {
                     topic: format!("{}{}", dl.original_topic, self.settings.parked_suffix),
                     partition: None,
@@ -239,7 +239,7 @@ impl Reprocessor {
                 }];
                 if !ce_id.is_empty() && event.key.is_some() {
                     let mut release = Headers::new();
-                    release.push(rh::RELEASE, ce_id);
+                    release.push(rh::RELEASE, ce_id.to_owned());
                     outputs.push(Output {
                         topic: dl.original_topic.clone(),
                         partition: dl.original_partition,
