@@ -292,7 +292,7 @@ mod tests {
             "traceparent",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         );
-        headers.push(rh::ERROR_CLASS, class);
+        headers.push(rh::ERROR_CLASS, class.to_owned());
         headers.push(rh::ERROR_MESSAGE, "boom");
         headers.push(rh::ORIGINAL_TOPIC, "in");
         headers.push(rh::ORIGINAL_PARTITION, "4");
