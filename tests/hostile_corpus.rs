@@ -61,10 +61,10 @@ fn to_owned(headers: &Headers) -> OwnedHeaders {
 fn base_headers(id: &str, time: &str) -> Headers {
     let mut h = Headers::new();
     h.push(ce::SPECVERSION, "1.0");
-    h.push(ce::ID, id);
+    h.push(ce::ID, id.to_owned());
     h.push(ce::SOURCE, "test/hostile");
     h.push(ce::TYPE, "io.k8s.pod.crashloop");
-    h.push(ce::TIME, time);
+    h.push(ce::TIME, time.to_owned());
     h
 }
 
