@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders};
 use reflex_core::actions::{idempotency_key, ActionKind, ActionRequest, AvroCodec};
-use reflex_core::headers::{reflex as rh, Header};
+use reflex_core::headers::{reflex as rh, Header, HeaderName};
 use reflex_core::template::Templates;
 use reflex_core::Headers;
 use std::hint::black_box;
@@ -72,12 +72,22 @@ fn kafka_headers() -> OwnedHeaders {
 /// The runtime's conversion of a consumed record's headers (`to_event` in
 /// crates/runtime/src/run.rs, which is private: keep in step).
 fn from_kafka(headers: &OwnedHeaders) -> Headers {
+    let size = headers
+        .iter()
+        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+        .sum();
+    let mut buf = bytes::BytesMut::with_capacity(size);
     Headers(
         headers
             .iter()
-            .map(|h| Header {
-                key: h.key.to_string(),
-                value: h.value.map(<[u8]>::to_vec),
+            .map(|h| {
+                buf.extend_from_slice(h.key.as_bytes());
+                let key = HeaderName::from_utf8(buf.split().freeze()).unwrap();
+                let value = h.value.map(|v| {
+                    buf.extend_from_slice(v);
+                    buf.split().freeze()
+                });
+                Header { key, value }
             })
             .collect(),
     )

@@ -31,7 +31,7 @@ fn request(event_id: &str) -> ActionRequest {
 fn ce(id: &str) -> Headers {
     let mut h = Headers::new();
     h.push("ce_specversion", "1.0");
-    h.push("ce_id", id);
+    h.push("ce_id", id.to_owned());
     h.push("ce_source", "test/replay");
     h.push("ce_type", "dev.reflex.action.requested");
     h.push(
@@ -439,7 +439,7 @@ async fn spring_and_connect_dead_letters_are_inspected_and_replayed() {
     for i in 0..20i32 {
         let mut h = ce(&format!("o{i}"));
         if i < 10 {
-            h.push(spring::ORIGINAL_TOPIC, orders.as_str());
+            h.push(spring::ORIGINAL_TOPIC, orders.clone());
             h.push(spring::ORIGINAL_PARTITION, (i % 4).to_be_bytes().to_vec());
             h.push(spring::ORIGINAL_OFFSET, (i as i64).to_be_bytes().to_vec());
             h.push(
@@ -449,7 +449,7 @@ async fn spring_and_connect_dead_letters_are_inspected_and_replayed() {
             h.push(spring::EXCEPTION_FQCN, "org.example.OrderRejected");
             h.push(spring::EXCEPTION_MESSAGE, "price missing");
         } else {
-            h.push(connect::TOPIC, orders.as_str());
+            h.push(connect::TOPIC, orders.clone());
             h.push(connect::PARTITION, (i % 4).to_string());
             h.push(connect::OFFSET, i.to_string());
             h.push(connect::CONNECTOR_NAME, "orders-sink");

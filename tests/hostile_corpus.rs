@@ -61,10 +61,10 @@ fn to_owned(headers: &Headers) -> OwnedHeaders {
 fn base_headers(id: &str, time: &str) -> Headers {
     let mut h = Headers::new();
     h.push(ce::SPECVERSION, "1.0");
-    h.push(ce::ID, id);
+    h.push(ce::ID, id.to_owned());
     h.push(ce::SOURCE, "test/hostile");
     h.push(ce::TYPE, "io.k8s.pod.crashloop");
-    h.push(ce::TIME, time);
+    h.push(ce::TIME, time.to_owned());
     h
 }
 
@@ -130,7 +130,7 @@ async fn every_hostile_input_gets_its_disposition_and_the_router_survives() {
         &|h| {
             h.0.push(reflex_core::headers::Header {
                 key: "x-junk".into(),
-                value: Some(vec![0xff, 0xfe, 0x80]),
+                value: Some(vec![0xff, 0xfe, 0x80].into()),
             })
         },
         Some(&k1),
@@ -239,7 +239,7 @@ async fn every_hostile_input_gets_its_disposition_and_the_router_survives() {
         &|h| {
             h.0.iter_mut()
                 .filter(|x| x.key == ce::TYPE)
-                .for_each(|x| x.value = Some(vec![0xc3, 0x28]))
+                .for_each(|x| x.value = Some(vec![0xc3, 0x28].into()))
         },
         Some(&k1),
         Some(("permanent", "ce_type")),

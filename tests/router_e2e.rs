@@ -547,7 +547,7 @@ async fn dead_letters_can_carry_spring_and_connect_headers_too() {
     use rdkafka::message::Headers as _;
     for h in record.headers().unwrap().iter() {
         if let Some(v) = h.value {
-            headers.push(h.key, v.to_vec());
+            headers.push(h.key.to_owned(), v.to_vec());
         }
     }
     assert_eq!(

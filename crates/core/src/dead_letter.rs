@@ -210,9 +210,9 @@ pub fn redelivery(
             .cloned()
             .collect(),
     );
-    out.set(rh::REDELIVERED_FROM, from);
+    out.set(rh::REDELIVERED_FROM, from.to_owned());
     for (key, value) in mark {
-        out.set(key, value.as_str());
+        out.set(key.to_string(), value.clone());
     }
     Redelivery {
         topic: dl.original_topic.clone(),
@@ -305,7 +305,7 @@ mod tests {
     fn headers_of(pairs: Vec<(&str, Vec<u8>)>) -> Headers {
         let mut h = Headers::new();
         for (k, v) in pairs {
-            h.push(k, v);
+            h.push(k.to_owned(), v);
         }
         h
     }

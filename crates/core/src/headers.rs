@@ -1,6 +1,8 @@
 //! Header names (CloudEvents Kafka binding in binary mode, W3C trace context, Reflex's own) and
 //! a small ordered header list that keeps duplicates and null values as Kafka does.
 
+use bytes::Bytes;
+
 /// CloudEvents attributes carried as `ce_*` headers (binary content mode).
 pub mod ce {
     pub const SPECVERSION: &str = "ce_specversion";
@@ -107,11 +109,108 @@ pub mod streams {
     pub const OFFSET: &str = "__streams.errors.offset";
 }
 
-/// One Kafka header; the value may be null.
+/// A header name: UTF-8 in a cheaply cloned buffer. Names from constants cost no allocation,
+/// and the runtime slices consumed names out of one per-record buffer (measured: per-header
+/// `String`/`Vec` copies were a large share of the router's malloc/free time).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeaderName(Bytes);
+
+impl HeaderName {
+    pub const fn from_static(name: &'static str) -> Self {
+        Self(Bytes::from_static(name.as_bytes()))
+    }
+
+    /// A name from bytes, if they are UTF-8.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor takes a `str`/`String` or checks the bytes are UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl std::ops::Deref for HeaderName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for HeaderName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for HeaderName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&'static str> for HeaderName {
+    fn from(name: &'static str) -> Self {
+        Self::from_static(name)
+    }
+}
+
+impl From<String> for HeaderName {
+    fn from(name: String) -> Self {
+        Self(Bytes::from(name))
+    }
+}
+
+impl From<&String> for HeaderName {
+    fn from(name: &String) -> Self {
+        Self(Bytes::copy_from_slice(name.as_bytes()))
+    }
+}
+
+impl From<HeaderName> for String {
+    fn from(name: HeaderName) -> Self {
+        name.as_str().to_owned()
+    }
+}
+
+impl PartialEq<str> for HeaderName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for HeaderName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<String> for HeaderName {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+/// One Kafka header; the value may be null. Values are `Bytes` so that cloning a header list
+/// (one output per destination) copies no data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    pub key: String,
-    pub value: Option<Vec<u8>>,
+    pub key: HeaderName,
+    pub value: Option<Bytes>,
 }
 
 /// Ordered Kafka headers. Lookups return the last value for a key, as Kafka clients do.
@@ -121,6 +220,10 @@ pub struct Headers(pub Vec<Header>);
 impl Headers {
     pub fn new() -> Self {
         Self(Vec::new())
+    }
+
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
     }
 
     /// The last value for `key`, if present and not null.
@@ -137,8 +240,9 @@ impl Headers {
         self.get(key).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// Appends a header, keeping any earlier one.
-    pub fn push(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
+    /// Appends a header, keeping any earlier one. `&'static str` names and values, `String`,
+    /// `Vec<u8>` and `Bytes` are taken without copying; copy borrowed data with `.to_owned()`.
+    pub fn push(&mut self, key: impl Into<HeaderName>, value: impl Into<Bytes>) {
         self.0.push(Header {
             key: key.into(),
             value: Some(value.into()),
@@ -146,9 +250,13 @@ impl Headers {
     }
 
     /// Replaces every header named `key` with one value.
-    pub fn set(&mut self, key: &str, value: impl Into<Vec<u8>>) {
+    pub fn set(&mut self, key: impl Into<HeaderName>, value: impl Into<Bytes>) {
+        let key = key.into();
         self.0.retain(|h| h.key != key);
-        self.push(key, value);
+        self.0.push(Header {
+            key,
+            value: Some(value.into()),
+        });
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Header> {

@@ -59,7 +59,7 @@ impl RecordLimits {
         }
         let header_bytes: usize = headers
             .iter()
-            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
             .sum();
         if self.max_header_bytes > 0 && header_bytes > self.max_header_bytes {
             return Err(format!(

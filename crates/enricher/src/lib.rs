@@ -384,10 +384,10 @@ impl Stage for Enricher {
                 .map_err(|e| StageError::permanent(format!("binding `{}`: {e}", binding.action)))?;
             let mut headers = event.headers.clone();
             headers.set(ce::ID, key);
-            headers.set(ce::TYPE, self.output.event_type.as_str());
-            headers.set(ce::SOURCE, self.output.source.as_str());
-            headers.set(ce::CAUSATION_ID, ce_id.as_str());
-            headers.set(ce::CORRELATION_ID, correlation_id.as_str());
+            headers.set(ce::TYPE, self.output.event_type.clone());
+            headers.set(ce::SOURCE, self.output.source.clone());
+            headers.set(ce::CAUSATION_ID, ce_id.clone());
+            headers.set(ce::CORRELATION_ID, correlation_id.clone());
             headers.set(ce::CONTENT_TYPE, ce::AVRO_CONTENT_TYPE);
             outputs.push(Output {
                 topic: self.output.topic.clone(),
@@ -486,7 +486,7 @@ fn base_context(event: &Event, payload: Json) -> Json {
         .iter()
         .filter_map(|h| {
             let v = std::str::from_utf8(h.value.as_deref()?).ok()?;
-            Some((h.key.clone(), Json::String(v.to_string())))
+            Some((h.key.to_string(), Json::String(v.to_string())))
         })
         .collect();
     let key = event

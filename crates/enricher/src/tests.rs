@@ -70,7 +70,7 @@ fn event(namespace: &str, id: &str) -> Event {
         ("reflex-rule", "crashloop"),
         ("reflex-hops", "1"),
     ] {
-        headers.push(k, v);
+        headers.push(k, v.to_owned());
     }
     Event {
         topic: "routed".into(),

@@ -339,17 +339,17 @@ pub fn event_headers(
 ) -> Headers {
     let mut headers = Headers::new();
     headers.push(ce::SPECVERSION, ce::SPEC_VERSION_1_0);
-    headers.push(ce::ID, id);
-    headers.push(ce::SOURCE, source);
-    headers.push(ce::TYPE, event_type);
+    headers.push(ce::ID, id.to_owned());
+    headers.push(ce::SOURCE, source.to_owned());
+    headers.push(ce::TYPE, event_type.to_owned());
     headers.push(
         ce::TIME,
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     );
     headers.push(ce::CONTENT_TYPE, ce::AVRO_CONTENT_TYPE);
-    headers.push(ce::CORRELATION_ID, id);
+    headers.push(ce::CORRELATION_ID, id.to_owned());
     for (name, value) in extra {
-        headers.set(name, value.as_bytes());
+        headers.set(name, value.clone());
     }
     headers
 }

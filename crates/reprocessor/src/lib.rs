@@ -229,7 +229,7 @@ impl Reprocessor {
                         dl.message
                     ),
                 );
-                headers.set(rh::REDELIVERED_FROM, from.as_str());
+                headers.set(rh::REDELIVERED_FROM, from.clone());
                 let mut outputs = vec![Output {
                     topic: format!("{}{}", dl.original_topic, self.settings.parked_suffix),
                     partition: None,
@@ -239,7 +239,7 @@ impl Reprocessor {
                 }];
                 if !ce_id.is_empty() && event.key.is_some() {
                     let mut release = Headers::new();
-                    release.push(rh::RELEASE, ce_id);
+                    release.push(rh::RELEASE, ce_id.to_owned());
                     outputs.push(Output {
                         topic: dl.original_topic.clone(),
                         partition: dl.original_partition,
@@ -292,7 +292,7 @@ mod tests {
             "traceparent",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         );
-        headers.push(rh::ERROR_CLASS, class);
+        headers.push(rh::ERROR_CLASS, class.to_owned());
         headers.push(rh::ERROR_MESSAGE, "boom");
         headers.push(rh::ORIGINAL_TOPIC, "in");
         headers.push(rh::ORIGINAL_PARTITION, "4");

@@ -22,9 +22,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cel::objects::{Key, Map};
 use cel::Context;
-use reflex_core::headers::{ce, reflex as rh};
+use reflex_core::headers::{ce, reflex as rh, Headers};
 use reflex_core::limits::RecordLimits;
 use reflex_core::registry::{RegistryClient, RegistryError};
 use reflex_core::signing::KeyRing;
@@ -289,7 +290,10 @@ impl Router {
             let headers: HashMap<String, String> = event
                 .headers
                 .iter()
-                .filter_map(|h| Some((h.key.clone(), String::from_utf8(h.value.clone()?).ok()?)))
+                .filter_map(|h| {
+                    let value = std::str::from_utf8(h.value.as_deref()?).ok()?;
+                    Some((h.key.to_string(), value.to_string()))
+                })
                 .collect();
             ctx.add_variable_from_value("headers", headers);
         }
@@ -377,30 +381,48 @@ impl Router {
                 )),
             };
         }
-        // The same topic named by two matching rules gets the event once.
-        let mut seen = std::collections::HashSet::new();
-        destinations.retain(|(topic, _)| seen.insert(*topic));
-        let hops = event.headers.hops() + 1;
-        Ok(Verdict::Routed(
-            destinations
-                .into_iter()
-                .map(|(topic, rule)| {
-                    let mut headers = event.headers.clone();
-                    headers.set(rh::RULE, rule);
-                    headers.set(rh::HOPS, hops.to_string());
-                    let mut visited = event.headers.rules_visited();
-                    visited.push(rule);
-                    headers.set(rh::RULES_VISITED, visited.join(","));
-                    Output {
-                        topic: topic.to_string(),
-                        partition: None,
-                        key: event.key.clone(),
-                        payload: event.payload.clone(),
-                        headers,
-                    }
-                })
-                .collect(),
-        ))
+        if destinations.len() > 1 {
+            // The same topic named by two matching rules gets the event once.
+            let mut seen = HashSet::new();
+            destinations.retain(|(topic, _)| seen.insert(*topic));
+        }
+        // The event's headers without the three the router rewrites, built once for every
+        // output (header values are shared `Bytes`, so the per-output clone copies no data).
+        let mut base = Headers::with_capacity(event.headers.len() + 3);
+        base.0.extend(
+            event
+                .headers
+                .iter()
+                .filter(|h| h.key != rh::RULE && h.key != rh::HOPS && h.key != rh::RULES_VISITED)
+                .cloned(),
+        );
+        let hops = Bytes::from((event.headers.hops() + 1).to_string());
+        let visited = event.headers.rules_visited();
+        let count = destinations.len();
+        let mut outputs = Vec::with_capacity(count);
+        for (i, (topic, rule)) in destinations.into_iter().enumerate() {
+            let mut headers = if i + 1 == count {
+                std::mem::take(&mut base)
+            } else {
+                base.clone()
+            };
+            headers.push(rh::RULE, rule.to_owned());
+            headers.push(rh::HOPS, hops.clone());
+            let chain = if visited.is_empty() {
+                rule.to_owned()
+            } else {
+                format!("{},{rule}", visited.join(","))
+            };
+            headers.push(rh::RULES_VISITED, chain);
+            outputs.push(Output {
+                topic: topic.to_string(),
+                partition: None,
+                key: event.key.clone(),
+                payload: event.payload.clone(),
+                headers,
+            });
+        }
+        Ok(Verdict::Routed(outputs))
     }
 
     /// What the rules decide for one event, without producing anything: the outputs it would

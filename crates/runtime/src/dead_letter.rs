@@ -24,9 +24,9 @@ pub struct FailureContext<'a> {
 pub fn dead_letter(event: &Event, error: &StageError, ctx: &FailureContext<'_>) -> Output {
     let mut headers = event.headers.clone();
     headers.set(h::ERROR_CLASS, error.class.as_str());
-    headers.set(h::ERROR_MESSAGE, truncate(&error.message, 4096));
-    headers.set(h::ERROR_STAGE, ctx.stage);
-    headers.set(h::ERROR_WORKER, ctx.worker);
+    headers.set(h::ERROR_MESSAGE, truncate(&error.message, 4096).to_owned());
+    headers.set(h::ERROR_STAGE, ctx.stage.to_owned());
+    headers.set(h::ERROR_WORKER, ctx.worker.to_owned());
     headers.set(h::ERROR_ATTEMPTS, ctx.attempts.to_string());
     // A redelivered event that fails again keeps the time its trouble began.
     if event.headers.get(h::ERROR_FIRST_FAILURE_MS).is_none() {
@@ -35,13 +35,13 @@ pub fn dead_letter(event: &Event, error: &StageError, ctx: &FailureContext<'_>) 
     if let Some(not_before) = ctx.retry_not_before_ms {
         headers.set(h::RETRY_NOT_BEFORE_MS, not_before.to_string());
     }
-    headers.set(h::ORIGINAL_TOPIC, event.topic.as_str());
+    headers.set(h::ORIGINAL_TOPIC, event.topic.clone());
     headers.set(h::ORIGINAL_PARTITION, event.partition.to_string());
     headers.set(h::ORIGINAL_OFFSET, event.offset.to_string());
     if let Some(ts) = event.timestamp_ms {
         headers.set(h::ORIGINAL_TIMESTAMP_MS, ts.to_string());
     }
-    headers.set(h::ORIGINAL_GROUP, ctx.group);
+    headers.set(h::ORIGINAL_GROUP, ctx.group.to_owned());
     if !ctx.compat.is_empty() {
         let normalised = DeadLetter {
             dialect: Dialect::Reflex,

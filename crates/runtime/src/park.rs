@@ -314,7 +314,7 @@ mod tests {
         let mut e = event(key, id);
         e.payload = None;
         e.headers = Headers::new();
-        e.headers.push(rh::RELEASE, id);
+        e.headers.push(rh::RELEASE, id.to_owned());
         e
     }
 
@@ -396,7 +396,7 @@ mod tests_support {
 
     pub fn event(key: &str, id: &str) -> Event {
         let mut headers = Headers::new();
-        headers.push(ce::ID, id);
+        headers.push(ce::ID, id.to_owned());
         Event {
             topic: "t".into(),
             partition: 0,

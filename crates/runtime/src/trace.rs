@@ -24,7 +24,7 @@ struct HeaderInjector<'a>(&'a mut Headers);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.set(key, value);
+        self.0.set(key.to_owned(), value);
     }
 }
 
@@ -50,10 +50,13 @@ pub fn process_span(event: &Event, group: &str) -> Span {
         ce_id = %ce_id,
         correlation_id = %correlation_id,
     );
-    if event
-        .headers
-        .get(reflex_core::headers::trace::TRACEPARENT)
-        .is_some()
+    // A disabled span (no exporter, log level above info) has no context to parent: skip
+    // parsing `traceparent` for it.
+    if !span.is_disabled()
+        && event
+            .headers
+            .get(reflex_core::headers::trace::TRACEPARENT)
+            .is_some()
     {
         let origin = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(&event.headers))
