@@ -40,8 +40,13 @@ pub enum StateError {
     UnknownBackend(String),
     #[error("actor.state_backend = \"redis\" needs actor.redis_url (or set state_backend = \"auto\" or \"memory\" for one replica without Redis)")]
     NoUrl,
-    #[error("cannot connect to Redis at {url}: {error} (set actor.state_backend = \"auto\" to fall back to in-process state for one replica)")]
-    Redis { url: String, error: RedisError },
+    #[error("cannot connect to Redis at {url}: {error}{hint} (set actor.state_backend = \"auto\" to fall back to in-process state for one replica)")]
+    Redis {
+        url: String,
+        error: RedisError,
+        /// What to do about it, from [`reflex_core::redis_conn::connect_hint`].
+        hint: &'static str,
+    },
 }
 
 const NOT_SHARED: &str = "actor state is IN-PROCESS, not Redis: idempotency claims, done records, rate limits and blast-radius counts are NOT shared with other replicas and NOT durable (lost on exit). Run exactly ONE actor replica; set actor.redis_url (state_backend = \"redis\") for a fleet. The kill switch works from config only.";
@@ -66,6 +71,7 @@ impl StateBackend {
                 .map(Self::Redis)
                 .map_err(|error| StateError::Redis {
                     url: reflex_core::redis_conn::redact_url(url),
+                    hint: reflex_core::redis_conn::connect_hint(url, &error),
                     error,
                 }),
             "auto" if url.is_empty() => {
@@ -84,7 +90,8 @@ impl StateBackend {
                 }
                 Err(error) => {
                     let url = reflex_core::redis_conn::redact_url(url);
-                    warn!(state_backend = "memory", reason = %format!("Redis at {url} is not reachable: {error}"), "{NOT_SHARED}");
+                    let hint = reflex_core::redis_conn::connect_hint(&url, &error);
+                    warn!(state_backend = "memory", reason = %format!("Redis at {url} is not reachable: {error}{hint}"), "{NOT_SHARED}");
                     Ok(Self::Memory(MemoryStore::default()))
                 }
             },

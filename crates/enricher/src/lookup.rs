@@ -47,7 +47,10 @@ impl RedisConn {
     /// Connects to `url` (start-up fails when Redis cannot be reached). `timeout` bounds connecting
     /// and each command.
     pub async fn connect(url: &str, timeout: Duration) -> Result<RedisConn, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+        // Not through reflex_core::redis_conn (a ConnectionManager, see above); same URL forms,
+        // `rediss://` included, and the same redaction and TLS hint in errors.
+        let shown = reflex_core::redis_conn::redact_url(url);
+        let client = redis::Client::open(url).map_err(|e| format!("invalid URL `{shown}`: {e}"))?;
         let redis = RedisConn {
             client,
             config: redis::AsyncConnectionConfig::new()
@@ -57,10 +60,10 @@ impl RedisConn {
             current: Arc::default(),
             connecting: Arc::default(),
         };
-        redis
-            .connection()
-            .await
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        redis.connection().await.map_err(|e| {
+            let hint = reflex_core::redis_conn::connect_hint(url, &e);
+            format!("cannot connect to {shown}: {e}{hint}")
+        })?;
         Ok(redis)
     }
 

@@ -249,10 +249,14 @@ pub async fn run(global: &Global, args: ReplayArgs) -> anyhow::Result<ExitCode> 
         Some(
             reflex_core::redis_conn::connect(&args.redis)
                 .await
-                .context(
-                    "cannot reach Redis for the replay checkpoints (pass --redis or set \
-                     REFLEX_REDIS_URL)",
-                )?,
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot reach Redis at {} for the replay checkpoints (pass --redis or \
+                         set REFLEX_REDIS_URL): {e}{}",
+                        reflex_core::redis_conn::redact_url(&args.redis),
+                        reflex_core::redis_conn::connect_hint(&args.redis, &e)
+                    )
+                })?,
         )
     };
     let mut start: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();

@@ -112,7 +112,10 @@ pub async fn run<S: Stage>(
                 .await
                 .map_err(|e| RuntimeError::State {
                     url: reflex_core::redis_conn::redact_url(&runtime.state_url),
-                    message: e.to_string(),
+                    message: format!(
+                        "{e}{}",
+                        reflex_core::redis_conn::connect_hint(&runtime.state_url, &e)
+                    ),
                 })?;
             Some(conn)
         };
