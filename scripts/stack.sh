@@ -5,7 +5,8 @@
 #   scripts/stack.sh run -- <command...>   start the stack, export its addresses, run the command
 #
 # Exports REFLEX_TEST_BOOTSTRAP, REFLEX_TEST_REGISTRY_URL, REFLEX_TEST_REDIS_URL and
-# REFLEX_TEST_PYTHON (a Python with confluent-kafka) to the command.
+# REFLEX_TEST_PYTHON (a Python with confluent-kafka) to the command. With the noida broker it also
+# exports REFLEX_KAFKA__ASSIGNMENT_STRATEGY=range (unless set), read by every worker it runs.
 #
 # Choices (environment):
 #   REFLEX_TEST_BROKER=noida|tansu   which local broker to start (default noida: noida-db from PyPI;
@@ -73,6 +74,10 @@ start_broker() {
   local port; port=$(free_port)
   case "${REFLEX_TEST_BROKER:-noida}" in
     noida)
+      # Workers started under this stack use eager assignment: noida-db's incremental
+      # (cooperative-sticky) rebalances sometimes never hand revoked partitions to their new
+      # owner (a second replica joining, restarted static members). RELIABILITY.md, finding 4.
+      export REFLEX_KAFKA__ASSIGNMENT_STRATEGY="${REFLEX_KAFKA__ASSIGNMENT_STRATEGY:-range}"
       mkdir -p "$WORK/noida"
       spawn broker "$VENV/bin/noida-db" start --only kafka --kafka-port "$port" --host 127.0.0.1 \
         --data-dir "$WORK/noida" ;;
