@@ -36,17 +36,6 @@ def fmt(n):
     return f"{int(n):,}"
 
 
-def port_free(port):
-    import socket
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
 RESTARTED = []  # stack services this suite restarted: stopped at exit (stack.sh knows only the first)
 
 
@@ -62,6 +51,7 @@ def port_of(url):
 
 
 def wait_port(port, timeout=30):
+    from main_job import port_free  # imported late: --list and --report run without confluent-kafka
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not port_free(port):

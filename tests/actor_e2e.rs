@@ -17,7 +17,6 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use reflex_core::actions::{
     ActionKind, ActionOutcome, ActionRequest, ActionResult, AvroCodec, ACTION_OUTCOME_SCHEMA,
-    ACTION_REQUEST_SCHEMA,
 };
 use reflex_testkit::{
     ce_headers, create_topics, header_str, producer, read_topic, read_topic_until, stack, unique,
@@ -115,14 +114,6 @@ fn request(i: usize) -> ActionRequest {
         dry_run: false,
         requested_at: 1_700_000_000_000,
     }
-}
-
-async fn request_codec(stack: &Stack, topic: &str) -> AvroCodec<ActionRequest> {
-    let id = registry(stack)
-        .register(&format!("{topic}-value"), ACTION_REQUEST_SCHEMA)
-        .await
-        .expect("register the request schema");
-    AvroCodec::new(id, ACTION_REQUEST_SCHEMA).unwrap()
 }
 
 /// Publishes the requests (keyed by idempotency key) and waits for every ack.
@@ -237,7 +228,7 @@ async fn redis(stack: &Stack) -> redis::aio::MultiplexedConnection {
 async fn actor_executes_each_key_once_despite_duplicates_and_replays() {
     let stack = stack();
     let t = topics(&stack, 4).await;
-    let codec = request_codec(&stack, &t.input).await;
+    let codec = action_request_codec(&stack, &t.input).await;
     let (target, addr) = Target::start().await;
     let config = write_config(&unique("reflex-t1"), &t, addr, "", "");
     let log = log_path("actor-t1-log");
@@ -318,7 +309,7 @@ async fn actor_executes_each_key_once_despite_duplicates_and_replays() {
 async fn actor_killed_mid_flight_recovers_with_exactly_once_effects() {
     let stack = stack();
     let t = topics(&stack, 4).await;
-    let codec = request_codec(&stack, &t.input).await;
+    let codec = action_request_codec(&stack, &t.input).await;
     let (target, addr) = Target::start().await;
     target.latency_ms.store(100, Ordering::Relaxed);
     let config = write_config(&unique("reflex-t2"), &t, addr, "", "");
@@ -383,7 +374,7 @@ async fn actor_killed_mid_flight_recovers_with_exactly_once_effects() {
 async fn actor_rate_limit_holds_across_two_replicas() {
     let stack = stack();
     let t = topics(&stack, 4).await;
-    let codec = request_codec(&stack, &t.input).await;
+    let codec = action_request_codec(&stack, &t.input).await;
     let (target, addr) = Target::start().await;
     let config = write_config(
         &unique("reflex-t3"),
@@ -452,7 +443,7 @@ async fn actor_rate_limit_holds_across_two_replicas() {
 async fn actor_breaker_opens_on_503_pauses_and_recovers() {
     let stack = stack();
     let t = topics(&stack, 4).await;
-    let codec = request_codec(&stack, &t.input).await;
+    let codec = action_request_codec(&stack, &t.input).await;
     let (target, addr) = Target::start().await;
     target.unavailable.store(true, Ordering::Relaxed);
     let config = write_config(
@@ -545,7 +536,7 @@ async fn actor_breaker_opens_on_503_pauses_and_recovers() {
 async fn actor_kill_switch_stops_within_two_seconds_and_resumes() {
     let stack = stack();
     let t = topics(&stack, 4).await;
-    let codec = request_codec(&stack, &t.input).await;
+    let codec = action_request_codec(&stack, &t.input).await;
     let (target, addr) = Target::start().await;
     let prefix = unique("reflex-t5");
     let config = write_config(&prefix, &t, addr, "", "rate_per_sec = 50.0\n");
@@ -646,7 +637,7 @@ async fn actor_signs_dry_runs_parks_chains_and_rejects() {
     let t = topics(&stack, 2).await;
     let chained = unique("chained");
     create_topics(&stack.bootstrap, &[(&chained, 1)]).await;
-    let codec = request_codec(&stack, &t.input).await;
+    let codec = action_request_codec(&stack, &t.input).await;
     let (target, addr) = Target::start().await;
     let config = write_config(
         &unique("reflex-t6"),
@@ -813,7 +804,7 @@ message = "noted {{{{ params.pod }}}}"
 async fn actor_without_redis_keeps_state_in_process_for_one_replica() {
     let stack = stack();
     let t = topics(&stack, 2).await;
-    let codec = request_codec(&stack, &t.input).await;
+    let codec = action_request_codec(&stack, &t.input).await;
     let (target, addr) = Target::start().await;
     let prefix = unique("reflex-mem");
     let config = write_config(
