@@ -21,6 +21,14 @@
 //! re-emits the same record (same `ce_id`): the effect is produced by the runtime after the
 //! claim is marked done, so re-emitting keeps it at least once and downstream dedups by `ce_id`.
 //!
+//! **Batches.** The runtime hands the actor the requests queued in a key lane together
+//! (distinct keys, [`reflex_runtime::Stage::process_batch`]): their claims go to Redis as one
+//! pipeline, each claimed request is executed in order, and their done records go as a second
+//! pipeline, so a request costs two shared round trips instead of two of its own. A key found
+//! busy takes the one-request path (polling) after the others; if the done pipeline fails, every
+//! claim of the batch is released and each request is retried alone (as one failed done
+//! record is).
+//!
 //! The state lives in Redis by default; `actor.state_backend = "memory"` (or `"auto"` with no
 //! reachable Redis) keeps it in process for a single replica instead ([`state`]), with a warn
 //! line at start-up saying it is neither shared nor durable.
@@ -574,29 +582,44 @@ impl Actor {
         })
     }
 
-    async fn execute(
-        &self,
-        action: &Action,
-        req: &ActionRequest,
-        event: &Event,
-    ) -> Result<Vec<Output>, StageError> {
+    /// The checks and renders that need no claim: hop limit, decoding, the action, its
+    /// templates and the allowlist. A dry run finishes here.
+    async fn plan(&self, event: &Event) -> Result<Plan, StageError> {
+        let hops = event.headers.hops();
+        if hops > self.settings.max_hops {
+            return Err(StageError::permanent(format!(
+                "request took {hops} Reflex hops (limit actor.max_hops = {}): probably an automation loop",
+                self.settings.max_hops
+            )));
+        }
+        let req = self.decode(event).await?;
+        let Some(action) = self.actions.get(&req.action).cloned() else {
+            let mut known: Vec<&str> = self.actions.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(StageError::permanent(format!(
+                "unknown action `{}` (configured: {}): add an [[actor.action]] named `{}` or fix the binding",
+                req.action,
+                known.join(", "),
+                req.action
+            )));
+        };
         let started = (store::now_ms(), Instant::now());
         let name = &action.settings.name;
         // Render first: a request the templates cannot render is a permanent error (dead letter).
         let (url, body) = match &action.kind {
             Kind::Http { .. } => {
-                let url = self.render(action, "url", req)?;
+                let url = self.render(&action, "url", &req)?;
                 // Before anything else (dry runs included): a URL nobody approved is never sent.
                 self.allowlist.check(&url).map_err(|e| {
                     StageError::permanent(format!("action `{name}` field `url`: {e}"))
                 })?;
-                (url, self.body(action, req)?)
+                (url, self.body(&action, &req)?)
             }
-            Kind::Emit { topic } => (topic.clone(), self.body(action, req)?),
+            Kind::Emit { topic } => (topic.clone(), self.body(&action, &req)?),
             Kind::Log => (
                 String::new(),
                 match action.settings.message {
-                    Some(_) => self.render(action, "message", req)?,
+                    Some(_) => self.render(&action, "message", &req)?,
                     None => format!("action {name} on {} for event {}", req.target, req.event_id),
                 },
             ),
@@ -607,7 +630,7 @@ impl Actor {
                 Kind::Http { method, .. } => {
                     let method = match method {
                         Some(m) => m.to_string(),
-                        None => self.render(action, "method", req)?,
+                        None => self.render(&action, "method", &req)?,
                     };
                     format!("{method} {url} ({} body bytes)", body.len())
                 }
@@ -615,44 +638,39 @@ impl Actor {
                 Kind::Log => format!("log: {body}"),
             };
             info!(action = %name, idempotency_key = %req.idempotency_key, would = %what, "dry run: no effect");
-            let mut o = self.outcome(req, ActionResult::DryRun, 1, started);
+            let mut o = self.outcome(&req, ActionResult::DryRun, 1, started);
             o.error = Some(format!("dry run, would: {what}"));
-            return Ok(vec![self.outcome_output(&o, event, true)?]);
+            return Ok(Plan::Finished(vec![self.outcome_output(&o, event, true)?]));
         }
+        Ok(Plan::Claim(Box::new(Claimable {
+            action,
+            req,
+            url,
+            body,
+            started,
+        })))
+    }
 
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.settings.claim_lease_ms.max(100))
+    }
+
+    /// Claims, executes and records one request (a lone event, a retry, or a key another
+    /// owner held when its batch claimed).
+    async fn execute(&self, c: &Claimable, event: &Event) -> Result<Vec<Output>, StageError> {
+        let name = &c.action.settings.name;
         // No new claim while the kill switch is on (the event waits; nothing is lost).
         self.wait_kill_switch(name).await;
 
         // Phase one: claim the key (or find it done, or wait for its live owner).
         let owner = store::owner_token(&self.worker);
-        let lease = Duration::from_millis(self.settings.claim_lease_ms.max(100));
+        let key = c.req.idempotency_key.as_str();
         loop {
-            match self.store.claim(&req.idempotency_key, &owner, lease).await {
+            match self.store.claim(key, &owner, self.lease()).await {
                 Ok(Claim::Claimed) => break,
-                Ok(Claim::Done(recorded)) => {
-                    metrics::counter!(m::DEDUP_HITS, "action" => name.clone()).increment(1);
-                    let recorded: Option<ActionOutcome> = serde_json::from_str(&recorded).ok();
-                    let mut o = self.outcome(req, ActionResult::DuplicateSuppressed, 1, started);
-                    if let Some(r) = &recorded {
-                        o.status_code = r.status_code;
-                        o.error = Some(format!(
-                            "already {} by {} at {} (attempt {})",
-                            r.result.as_str(),
-                            r.worker,
-                            r.started_at,
-                            r.attempt
-                        ));
-                    }
-                    debug!(action = %name, idempotency_key = %req.idempotency_key, "duplicate suppressed");
-                    let mut out = Vec::new();
-                    if let Kind::Emit { topic } = &action.kind {
-                        out.push(self.emitted(action, topic, req, event)?);
-                    }
-                    out.push(self.outcome_output(&o, event, true)?);
-                    return Ok(out);
-                }
+                Ok(Claim::Done(recorded)) => return self.duplicate(c, event, &recorded),
                 Ok(Claim::Busy(holder)) => {
-                    debug!(action = %name, idempotency_key = %req.idempotency_key, holder = %holder, "claimed by another owner: waiting");
+                    debug!(action = %name, idempotency_key = %key, holder = %holder, "claimed by another owner: waiting");
                     tokio::time::sleep(Duration::from_millis(self.settings.claim_poll_ms.max(10)))
                         .await;
                 }
@@ -663,46 +681,196 @@ impl Actor {
                 }
             }
         }
-        // Keep the lease while we work; a crash stops the renewals and the lease expires.
-        let renewal = {
-            let store = self.store.clone();
-            let key = req.idempotency_key.clone();
-            let owner = owner.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    match store.renew(&key, &owner, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            warn!(idempotency_key = %key, "idempotency claim lost while working (lease expired): another replica may retry; the target dedups by Idempotency-Key");
-                            return;
-                        }
-                        Err(e) => warn!(idempotency_key = %key, error = %e, "claim renewal failed"),
-                    }
-                }
-            })
+        let work = async {
+            let (outputs, done) = self.execute_claimed(c, event, &owner).await?;
+            if let Some(outcome_json) = done {
+                self.store
+                    .done(key, &owner, &outcome_json, self.done_ttl())
+                    .await
+                    .map_err(record_failed)?;
+            }
+            Ok(outputs)
         };
-        let result = self
-            .execute_claimed(action, req, event, &owner, &url, &body, started)
-            .await;
-        renewal.abort();
+        let result = self.keeping_claims(work, &[(key, owner.as_str())]).await;
         if result.is_err() {
-            let _ = self.store.release(&req.idempotency_key, &owner).await;
+            let _ = self.store.release(key, &owner).await;
         }
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A batch of requests: claims in one round trip, each claimed request executed in order,
+    /// then the done records in one round trip. Results are per request, in order.
+    async fn execute_batch(
+        &self,
+        work: Vec<(usize, Box<Claimable>)>,
+        events: &[&Event],
+        results: &mut [Option<Result<Vec<Output>, StageError>>],
+    ) {
+        for (_, c) in &work {
+            self.wait_kill_switch(&c.action.settings.name).await;
+        }
+        let owners: Vec<String> = work
+            .iter()
+            .map(|_| store::owner_token(&self.worker))
+            .collect();
+        let claims: Vec<(&str, &str)> = work
+            .iter()
+            .zip(&owners)
+            .map(|((_, c), owner)| (c.req.idempotency_key.as_str(), owner.as_str()))
+            .collect();
+        let answers = match self.store.claim_batch(&claims, self.lease()).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                for (i, _) in &work {
+                    results[*i] = Some(Err(StageError::transient(format!(
+                        "idempotency claim (Redis): {e}"
+                    ))));
+                }
+                return;
+            }
+        };
+        let mut claimed = Vec::new();
+        let mut busy = Vec::new();
+        for (((i, c), owner), answer) in work.iter().zip(&owners).zip(answers) {
+            match answer {
+                Claim::Claimed => claimed.push((*i, c, owner.as_str())),
+                Claim::Done(recorded) => {
+                    results[*i] = Some(self.duplicate(c, events[*i], &recorded))
+                }
+                Claim::Busy(_) => busy.push((*i, c)),
+            }
+        }
+        let held: Vec<(&str, &str)> = claimed
+            .iter()
+            .map(|(_, c, owner)| (c.req.idempotency_key.as_str(), *owner))
+            .collect();
+        let run = async {
+            let mut finished = Vec::new();
+            let mut records = Vec::new();
+            for (i, c, owner) in &claimed {
+                match self.execute_claimed(c, events[*i], owner).await {
+                    Ok((outputs, Some(outcome_json))) => {
+                        records.push((c.req.idempotency_key.as_str(), *owner, outcome_json));
+                        finished.push((*i, *owner, c, outputs));
+                    }
+                    Ok((outputs, None)) => results[*i] = Some(Ok(outputs)),
+                    Err(e) => {
+                        let _ = self.store.release(&c.req.idempotency_key, owner).await;
+                        results[*i] = Some(Err(e));
+                    }
+                }
+            }
+            let records: Vec<(&str, &str, &str)> = records
+                .iter()
+                .map(|(key, owner, json)| (*key, *owner, json.as_str()))
+                .collect();
+            match self.store.done_batch(&records, self.done_ttl()).await {
+                Ok(()) => {
+                    for (i, _, _, outputs) in finished {
+                        results[i] = Some(Ok(outputs));
+                    }
+                }
+                Err(e) => {
+                    // The effects happened but are not recorded: claims released, and the
+                    // runtime's retry repeats them (same Idempotency-Key), as for one request.
+                    let error = record_failed(e);
+                    for (i, owner, c, _) in finished {
+                        let _ = self.store.release(&c.req.idempotency_key, owner).await;
+                        results[i] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        };
+        self.keeping_claims(run, &held).await;
+        // Another owner works on these: the one-request path waits for it (after ours are
+        // done, so our claims are not held meanwhile).
+        for (i, c) in busy {
+            results[i] = Some(self.execute(c, events[i]).await);
+        }
+    }
+
+    /// Runs `work` while renewing the leases of `held` claims every third of a lease, so a
+    /// slow effect (or a rate-limit wait) keeps its claims; a crash stops the renewals and the
+    /// leases expire. In the same task: no spawn per request.
+    async fn keeping_claims<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        held: &[(&str, &str)],
+    ) -> T {
+        let lease = self.lease();
+        let renew = async {
+            let mut lost = vec![false; held.len()];
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                for ((key, owner), lost) in held.iter().zip(lost.iter_mut()) {
+                    if *lost {
+                        continue;
+                    }
+                    match self.store.renew(key, owner, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!(idempotency_key = %key, "idempotency claim lost while working (lease expired): another replica may retry; the target dedups by Idempotency-Key");
+                            *lost = true;
+                        }
+                        Err(e) => warn!(idempotency_key = %key, error = %e, "claim renewal failed"),
+                    }
+                }
+            }
+        };
+        tokio::pin!(work, renew);
+        tokio::select! {
+            biased;
+            out = &mut work => out,
+            () = &mut renew => unreachable!("renewal never ends"),
+        }
+    }
+
+    fn done_ttl(&self) -> Duration {
+        Duration::from_millis(self.settings.done_ttl_ms)
+    }
+
+    /// The outputs of a request found already done: a duplicate-suppressed outcome (and, for
+    /// `emit`, the record again: downstream dedups by `ce_id`).
+    fn duplicate(
+        &self,
+        c: &Claimable,
+        event: &Event,
+        recorded: &str,
+    ) -> Result<Vec<Output>, StageError> {
+        let (action, req) = (&c.action, &c.req);
+        let name = &action.settings.name;
+        metrics::counter!(m::DEDUP_HITS, "action" => name.clone()).increment(1);
+        let recorded: Option<ActionOutcome> = serde_json::from_str(recorded).ok();
+        let mut o = self.outcome(req, ActionResult::DuplicateSuppressed, 1, c.started);
+        if let Some(r) = &recorded {
+            o.status_code = r.status_code;
+            o.error = Some(format!(
+                "already {} by {} at {} (attempt {})",
+                r.result.as_str(),
+                r.worker,
+                r.started_at,
+                r.attempt
+            ));
+        }
+        debug!(action = %name, idempotency_key = %req.idempotency_key, "duplicate suppressed");
+        let mut out = Vec::new();
+        if let Kind::Emit { topic } = &action.kind {
+            out.push(self.emitted(action, topic, req, event)?);
+        }
+        out.push(self.outcome_output(&o, event, true)?);
+        Ok(out)
+    }
+
+    /// Executes a claimed request (attempts, guards, effect). On success returns its outputs
+    /// and the outcome to record as done (the caller records it, one request or a batch at a
+    /// time); a parked request comes back with its claim released and nothing to record.
     async fn execute_claimed(
         &self,
-        action: &Action,
-        req: &ActionRequest,
+        c: &Claimable,
         event: &Event,
         owner: &str,
-        url: &str,
-        body: &str,
-        started: (i64, Instant),
-    ) -> Result<Vec<Output>, StageError> {
+    ) -> Result<(Vec<Output>, Option<String>), StageError> {
+        let (action, req, url, body) = (&*c.action, &c.req, c.url.as_str(), c.body.as_str());
         let s = &action.settings;
         let name = &s.name;
         let key = &req.idempotency_key;
@@ -724,9 +892,9 @@ impl Actor {
                 let _ = self.store.release(key, owner).await;
                 let mut headers = event.headers.clone();
                 headers.set(PARKED_REASON_HEADER, reason.clone());
-                let mut o = self.outcome(req, ActionResult::Parked, 1, started);
+                let mut o = self.outcome(req, ActionResult::Parked, 1, c.started);
                 o.error = Some(reason);
-                return Ok(vec![
+                let outputs = vec![
                     Output {
                         topic: self.settings.parked_topic.clone(),
                         partition: None,
@@ -735,7 +903,8 @@ impl Actor {
                         headers,
                     },
                     self.outcome_output(&o, event, true)?,
-                ]);
+                ];
+                return Ok((outputs, None));
             }
         }
 
@@ -793,21 +962,8 @@ impl Actor {
                         self.outcome(req, ActionResult::Succeeded, attempt, attempt_started);
                     o.status_code = status;
                     let json = serde_json::to_string(&o).expect("outcomes serialize");
-                    self.store
-                        .done(
-                            key,
-                            owner,
-                            &json,
-                            Duration::from_millis(self.settings.done_ttl_ms),
-                        )
-                        .await
-                        .map_err(|e| {
-                            // The effect happened but is not recorded: the claim is released and
-                            // the runtime's retry repeats the call with the same Idempotency-Key.
-                            StageError::transient(format!("recording the outcome (Redis): {e}"))
-                        })?;
                     outputs.push(self.outcome_output(&o, event, true)?);
-                    return Ok(outputs);
+                    return Ok((outputs, Some(json)));
                 }
                 Effect::Permanent(status, error) => {
                     let mut o = self.outcome(req, ActionResult::Failed, attempt, attempt_started);
@@ -871,26 +1027,63 @@ impl Stage for Actor {
     }
 
     async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
-        let hops = event.headers.hops();
-        if hops > self.settings.max_hops {
-            return Err(StageError::permanent(format!(
-                "request took {hops} Reflex hops (limit actor.max_hops = {}): probably an automation loop",
-                self.settings.max_hops
-            )));
+        match self.plan(event).await? {
+            Plan::Finished(outputs) => Ok(outputs),
+            Plan::Claim(c) => self.execute(&c, event).await,
         }
-        let req = self.decode(event).await?;
-        let Some(action) = self.actions.get(&req.action).cloned() else {
-            let mut known: Vec<&str> = self.actions.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            return Err(StageError::permanent(format!(
-                "unknown action `{}` (configured: {}): add an [[actor.action]] named `{}` or fix the binding",
-                req.action,
-                known.join(", "),
-                req.action
-            )));
-        };
-        self.execute(&action, &req, event).await
     }
+
+    /// Claims of a batch go to Redis in one round trip, and so do its done records.
+    async fn process_batch(&self, events: &[&Event]) -> Vec<Result<Vec<Output>, StageError>> {
+        let mut results: Vec<Option<Result<Vec<Output>, StageError>>> =
+            (0..events.len()).map(|_| None).collect();
+        let mut work = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match self.plan(event).await {
+                Ok(Plan::Finished(outputs)) => results[i] = Some(Ok(outputs)),
+                Ok(Plan::Claim(c)) => work.push((i, c)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !work.is_empty() {
+            self.execute_batch(work, events, &mut results).await;
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StageError::transient(
+                        "the batch left this request without a result",
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a request needs after the checks that need no claim.
+enum Plan {
+    /// Done without a claim (a dry run).
+    Finished(Vec<Output>),
+    /// To claim and execute (boxed: the request is large, and lives while it is claimed).
+    Claim(Box<Claimable>),
+}
+
+/// A decoded, rendered request waiting for its claim.
+struct Claimable {
+    action: Arc<Action>,
+    req: ActionRequest,
+    /// The rendered URL (http), topic (emit) or nothing (log).
+    url: String,
+    /// The rendered body (http, emit) or message (log).
+    body: String,
+    started: (i64, Instant),
+}
+
+/// The effect happened but its done record is not written: the claim is released and the
+/// runtime's retry repeats the call with the same Idempotency-Key.
+fn record_failed(e: redis::RedisError) -> StageError {
+    StageError::transient(format!("recording the outcome (Redis): {e}"))
 }
 
 async fn poll_kill_switch(store: StateBackend, kill: Arc<KillSwitch>, every: Duration) {

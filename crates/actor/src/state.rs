@@ -119,6 +119,38 @@ impl StateBackend {
         }
     }
 
+    /// [`Store::claim_batch`]: many claims in one round trip, one answer per claim.
+    pub async fn claim_batch(
+        &self,
+        claims: &[(&str, &str)],
+        lease: Duration,
+    ) -> Result<Vec<Claim>, RedisError> {
+        match self {
+            Self::Redis(s) => s.claim_batch(claims, lease).await,
+            Self::Memory(m) => Ok(claims
+                .iter()
+                .map(|(key, owner)| m.claim(key, owner, lease))
+                .collect()),
+        }
+    }
+
+    /// [`Store::done_batch`]: many outcomes recorded in one round trip.
+    pub async fn done_batch(
+        &self,
+        records: &[(&str, &str, &str)],
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        match self {
+            Self::Redis(s) => s.done_batch(records, ttl).await,
+            Self::Memory(m) => {
+                for (key, owner, outcome_json) in records {
+                    m.done(key, owner, outcome_json, ttl);
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub async fn done(
         &self,
         key: &str,

@@ -9,6 +9,11 @@
 //! as Avro in Confluent wire format (schema `avro/action_request.avsc`, registered under
 //! `<output topic>-value` at start-up) with the input key, so per-key order holds downstream.
 //!
+//! Events the runtime hands over as a batch ([`reflex_runtime::Stage::process_batch`]) share
+//! their lookups: each distinct key is fetched once, and a Redis lookup's keys go in one
+//! pipeline. Templates render from context values built once per event (no `serde_json` copy
+//! per render).
+//!
 //! - The idempotency key is `<action>:<ce_id>`: the same for every retry, dead letter and replay
 //!   of the event. It is also the output's `ce_id`.
 //! - Headers are carried (`ce_*`, `traceparent`, `tracestate`, `reflex-hops`, ...);
@@ -26,11 +31,12 @@
 pub mod lookup;
 pub mod spec;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use minijinja::Value;
 use reflex_core::actions::{idempotency_key, ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
 use reflex_core::headers::{ce, reflex as rh};
 use reflex_core::registry::{RegistryClient, RegistryError};
@@ -44,8 +50,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 use tracing::{info, warn};
 
-use crate::lookup::Source;
-use crate::spec::{OnMissing, Spec, SpecError};
+use crate::lookup::{Row, Source};
+use crate::spec::{Binding, OnMissing, Spec, SpecError};
 
 /// Embedded enricher defaults, layered over the runtime's.
 pub const ENRICHER_DEFAULTS: &str = include_str!("defaults.toml");
@@ -230,27 +236,94 @@ impl Enricher {
         &self.sources
     }
 
-    /// Runs every lookup concurrently; returns the `context` map and its flattened form
-    /// (`<lookup>.<field>`) for the action request.
-    async fn lookups(
-        &self,
-        root: &Json,
-    ) -> Result<(Map<String, Json>, BTreeMap<String, String>), StageError> {
+    /// Decodes and matches an event and renders its lookup keys; `None` when no binding
+    /// selects it.
+    async fn prepare<'e>(&self, event: &'e Event) -> Result<Option<Prepared<'e, '_>>, StageError> {
+        event.require_cloudevent()?;
+        let value = event.payload.as_deref().ok_or_else(|| {
+            StageError::poison(
+                "record has no value (tombstone): expected an Avro event in Confluent wire format",
+            )
+        })?;
+        let framed = decode_frame(value).map_err(|e| StageError::poison(e.to_string()))?;
+        let schema = self
+            .registry
+            .schema_by_id(framed.schema_id)
+            .await
+            .map_err(|e| StageError::new(e.class(), e.to_string()))?;
+        let payload = decode_payload(framed.datum, &schema.fast).map_err(|e| {
+            StageError::new(
+                ErrorClass::Poison,
+                format!("value does not decode with its schema id {}: {e} (corrupt bytes, or written with another schema)", framed.schema_id),
+            )
+        })?;
+        let ce_type = event.headers.get_str(ce::TYPE).unwrap_or_default();
+        let rule = event.headers.get_str(rh::RULE);
+        let selected: Vec<&Binding> = self
+            .spec
+            .bindings
+            .iter()
+            .filter(|b| b.selects(ce_type, rule))
+            .collect();
+        if selected.is_empty() {
+            return Ok(None);
+        }
+        let root = base_context(event, &payload);
         let templates = &self.spec.templates;
-        let results = futures::future::join_all(self.spec.lookups.iter().zip(&self.sources).map(
-            |(l, source)| async move {
-                let key = templates
-                    .render(&l.key_template, root)
-                    .map_err(|e| StageError::permanent(format!("lookup `{}`: {e}", l.name)))?;
-                let row = source.fetch(&l.name, &key).await?;
-                Ok::<_, StageError>((key, row))
+        let keys = self
+            .spec
+            .lookups
+            .iter()
+            .map(|l| {
+                templates
+                    .render(&l.key_template, &root)
+                    .map_err(|e| StageError::permanent(format!("lookup `{}`: {e}", l.name)))
+            })
+            .collect();
+        Ok(Some(Prepared {
+            event,
+            root,
+            selected,
+            keys,
+        }))
+    }
+
+    /// Runs the lookups of many prepared events: per lookup, each distinct key once (a Redis
+    /// lookup's keys in one pipeline), the lookups concurrently. Answers are per lookup, by key.
+    async fn fetch(&self, prepared: &[&Prepared<'_, '_>]) -> Vec<Answers> {
+        futures::future::join_all(self.spec.lookups.iter().zip(&self.sources).enumerate().map(
+            |(index, (l, source))| async move {
+                let mut keys: Vec<&str> = prepared
+                    .iter()
+                    .filter_map(|p| p.keys[index].as_deref().ok())
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let rows = source.fetch_many(&l.name, &keys).await;
+                keys.into_iter().map(str::to_string).zip(rows).collect()
             },
         ))
-        .await;
+        .await
+    }
+
+    /// The `context` map of one event and its flattened form (`<lookup>.<field>`) for the
+    /// action request, from the fetched answers; the first failed lookup (in configuration
+    /// order) fails the event.
+    fn context(
+        &self,
+        prepared: &Prepared<'_, '_>,
+        answers: &[Answers],
+    ) -> Result<LookupContext, StageError> {
         let mut context = Map::new();
         let mut flat = BTreeMap::new();
-        for (l, result) in self.spec.lookups.iter().zip(results) {
-            let (key, row) = result?;
+        for ((l, key), answers) in self.spec.lookups.iter().zip(&prepared.keys).zip(answers) {
+            let key = key.as_ref().map_err(Clone::clone)?;
+            let row = answers.get(key).cloned().unwrap_or_else(|| {
+                Err(StageError::transient(format!(
+                    "lookup `{}`: no answer for `{key}`",
+                    l.name
+                )))
+            })?;
             let row = match (row, &l.on_missing) {
                 (Some(row), _) => row,
                 (None, OnMissing::Default(default)) => default.clone(),
@@ -275,6 +348,22 @@ impl Enricher {
     }
 }
 
+/// One event's lookup results: the `context` template map and its flattened form.
+type LookupContext = (Map<String, Json>, BTreeMap<String, String>);
+
+/// The answers of one lookup for a batch, by key.
+type Answers = HashMap<String, Result<Row, StageError>>;
+
+/// An event decoded and matched by bindings, waiting for its lookups' answers.
+struct Prepared<'e, 's> {
+    event: &'e Event,
+    /// The template context so far (`ce`, `payload`, `key`, `topic`, `headers`).
+    root: Value,
+    selected: Vec<&'s Binding>,
+    /// Per lookup (configuration order), its rendered key.
+    keys: Vec<Result<String, StageError>>,
+}
+
 impl reflex_runtime::worker::WorkerConfig for EnricherConfig {
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
@@ -287,25 +376,50 @@ impl Stage for Enricher {
     }
 
     async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
-        event.require_cloudevent()?;
-        let value = event.payload.as_deref().ok_or_else(|| {
-            StageError::poison(
-                "record has no value (tombstone): expected an Avro event in Confluent wire format",
-            )
-        })?;
-        let framed = decode_frame(value).map_err(|e| StageError::poison(e.to_string()))?;
-        let schema = self
-            .registry
-            .schema_by_id(framed.schema_id)
-            .await
-            .map_err(|e| StageError::new(e.class(), e.to_string()))?;
-        let payload = decode_payload(framed.datum, &schema.fast).map_err(|e| {
-            StageError::new(
-                ErrorClass::Poison,
-                format!("value does not decode with its schema id {}: {e} (corrupt bytes, or written with another schema)", framed.schema_id),
-            )
-        })?;
+        let Some(prepared) = self.prepare(event).await? else {
+            return Ok(Vec::new());
+        };
+        let answers = self.fetch(&[&prepared]).await;
+        self.assemble(prepared, &answers)
+    }
 
+    /// One batch's lookups share their round trips: each distinct key is fetched once, and a
+    /// Redis lookup's keys go in one pipeline.
+    async fn process_batch(&self, events: &[&Event]) -> Vec<Result<Vec<Output>, StageError>> {
+        let mut prepared = Vec::with_capacity(events.len());
+        for event in events {
+            prepared.push(self.prepare(event).await);
+        }
+        let ready: Vec<&Prepared<'_, '_>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok().and_then(Option::as_ref))
+            .collect();
+        let answers = self.fetch(&ready).await;
+        prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(Some(p)) => self.assemble(p, &answers),
+                Ok(None) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+}
+
+impl Enricher {
+    /// Renders the selected bindings of a prepared event into action requests.
+    fn assemble(
+        &self,
+        prepared: Prepared<'_, '_>,
+        answers: &[Answers],
+    ) -> Result<Vec<Output>, StageError> {
+        let (context, flat) = self.context(&prepared, answers)?;
+        let Prepared {
+            event,
+            root,
+            selected,
+            ..
+        } = prepared;
         let ce_id = event
             .headers
             .get_str(ce::ID)
@@ -317,23 +431,14 @@ impl Stage for Enricher {
             .unwrap_or_default()
             .to_string();
         let rule = event.headers.get_str(rh::RULE).map(str::to_string);
-        let selected: Vec<_> = self
-            .spec
-            .bindings
-            .iter()
-            .filter(|b| b.selects(&ce_type, rule.as_deref()))
-            .collect();
-        if selected.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        let mut root = base_context(event, payload);
-        let (context, flat) = self.lookups(&root).await?;
-        if let Json::Object(map) = &mut root {
-            map.insert("context".into(), Json::Object(context));
-        }
-        // Converted once; every template of every binding renders from it.
-        let root = minijinja::Value::from(minijinja::value::Serde(&root));
+        // Layered over the base context, not copied into it.
+        let root = minijinja::value::merge_maps([
+            Value::from_object(BTreeMap::from([(
+                "context",
+                Value::from(minijinja::value::Serde(Json::Object(context))),
+            )])),
+            root,
+        ]);
 
         let correlation_id = event
             .headers
@@ -475,32 +580,35 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
 }
 
 /// `{ce, payload, key, topic, headers}` of an event.
-fn base_context(event: &Event, payload: Json) -> Json {
-    let ce: Map<String, Json> = event
+fn base_context(event: &Event, payload: &Json) -> Value {
+    // Built as template values directly: going through a `serde_json` tree meant copying the
+    // whole context into template values again at every render (the enricher's profile).
+    let ce: BTreeMap<String, Value> = event
         .headers
         .ce_attributes()
-        .map(|(k, v)| (k.to_string(), Json::String(v.to_string())))
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
         .collect();
-    let headers: Map<String, Json> = event
+    let headers: BTreeMap<String, Value> = event
         .headers
         .iter()
         .filter_map(|h| {
             let v = std::str::from_utf8(h.value.as_deref()?).ok()?;
-            Some((h.key.to_string(), Json::String(v.to_string())))
+            Some((h.key.to_string(), Value::from(v)))
         })
         .collect();
     let key = event
         .key
         .as_ref()
-        .map(|k| Json::String(String::from_utf8_lossy(k).into_owned()))
-        .unwrap_or(Json::Null);
-    serde_json::json!({
-        "ce": ce,
-        "payload": payload,
-        "key": key,
-        "topic": event.topic,
-        "headers": headers,
-    })
+        .map(|k| Value::from(String::from_utf8_lossy(k).into_owned()))
+        .unwrap_or(Value::from(()));
+    let root: BTreeMap<&'static str, Value> = BTreeMap::from([
+        ("ce", Value::from_object(ce)),
+        ("payload", Value::from(minijinja::value::Serde(payload))),
+        ("key", key),
+        ("topic", Value::from(event.topic.as_str())),
+        ("headers", Value::from_object(headers)),
+    ]);
+    Value::from_object(root)
 }
 
 /// Shared pieces for a `main`: the enricher's config, started and run until `shutdown`.

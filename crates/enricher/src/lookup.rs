@@ -2,11 +2,12 @@
 //!
 //! None of them costs one awaited round trip per event on the hot path:
 //!
-//! - **Redis**: every lane shares one multiplexed connection ([`RedisConn`]). The runtime processes
-//!   events of different keys concurrently (`runtime.key_lanes`), and all their `HGETALL`s go
-//!   down that one connection back to back without waiting for each other's replies: the
-//!   commands of concurrent events are pipelined on the wire. The lookups of one event also run
-//!   concurrently. Each lookup is bounded by `enricher.redis_timeout_ms`; a failed or timed-out
+//! - **Redis**: every lane shares one multiplexed connection ([`RedisConn`]). A batch of events
+//!   from one lane sends the distinct keys of a lookup as one pipeline of `HGETALL`s
+//!   ([`Source::fetch_many`]); lanes run concurrently (`runtime.key_lanes`) and their pipelines
+//!   go down the one connection without waiting for each other's replies. The lookups of one
+//!   batch also run concurrently. A key whose answer is an error (e.g. `WRONGTYPE`) is asked
+//!   again alone, so only its events fail. Each lookup is bounded by `enricher.redis_timeout_ms`; a failed or timed-out
 //!   command is a transient error (the runtime retries it with backoff) and the next lookup
 //!   reconnects.
 //! - **File**: an in-memory table loaded at start-up.
@@ -15,7 +16,8 @@
 //!
 //! Metric [`reflex_core::metrics::LOOKUPS`] (`lookup`, `result`): for http lookups `hit` and
 //! `miss` are cache hits and misses (a miss fetched from the server); for redis and file lookups
-//! `hit` means a row was found and `miss` that none was; `error` is a failed lookup.
+//! `hit` means a row was found and `miss` that none was; `error` is a failed lookup. Counted
+//! per key fetched: events of one batch that share a key share its fetch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,14 +97,22 @@ impl RedisConn {
         }
     }
 
-    /// `HGETALL key`, bounded by the timeout (connecting included).
-    async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, String>, RedisFailure> {
+    /// `HGETALL` of every key in one pipeline (one round trip), bounded by the timeout
+    /// (connecting included); the rows come back in the order of `keys`.
+    async fn hgetall_many(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<BTreeMap<String, String>>, RedisFailure> {
         // Generation of the connection the command went out on (0: still connecting).
         let used = AtomicU64::new(0);
         let attempt = async {
             let (generation, mut conn) = self.connection().await.map_err(RedisFailure::Redis)?;
             used.store(generation, Ordering::Relaxed);
-            let result = redis::cmd("HGETALL").arg(key).query_async(&mut conn).await;
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("HGETALL").arg(*key);
+            }
+            let result = pipe.query_async(&mut conn).await;
             result.map_err(|e| {
                 if e.code().is_none() {
                     // Not an answer from the server: the connection is suspect.
@@ -156,24 +166,46 @@ impl Source {
 
     /// Looks `key` (a Redis key, a row key or a URL) up for lookup `name`.
     pub async fn fetch(&self, name: &str, key: &str) -> Result<Row, StageError> {
-        let result = match self {
-            Source::Redis(conn) => redis_hgetall(conn, name, key).await,
-            Source::File(table) => Ok(table.get(key).cloned()),
-            Source::Http(http) => return http.fetch(name, key).await,
+        self.fetch_many(name, &[key])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StageError::transient(format!("lookup `{name}`: no answer"))))
+    }
+
+    /// Looks every key up for lookup `name`; one answer per key, in order. Redis keys go in one
+    /// pipeline (one round trip for a whole batch of events), file rows are read in memory and
+    /// URLs go through the cache one by one.
+    pub async fn fetch_many(&self, name: &str, keys: &[&str]) -> Vec<Result<Row, StageError>> {
+        let results = match self {
+            Source::Redis(conn) => redis_hgetall(conn, name, keys).await,
+            Source::File(table) => keys.iter().map(|k| Ok(table.get(*k).cloned())).collect(),
+            Source::Http(http) => {
+                let mut results = Vec::with_capacity(keys.len());
+                for key in keys {
+                    results.push(http.fetch(name, key).await);
+                }
+                return results;
+            }
         };
-        let label = match &result {
-            Ok(Some(_)) => "hit",
-            Ok(None) => "miss",
-            Err(_) => "error",
-        };
-        metrics::counter!(m::LOOKUPS, "lookup" => name.to_string(), "result" => label).increment(1);
-        result
+        for result in &results {
+            let label = match result {
+                Ok(Some(_)) => "hit",
+                Ok(None) => "miss",
+                Err(_) => "error",
+            };
+            metrics::counter!(m::LOOKUPS, "lookup" => name.to_string(), "result" => label)
+                .increment(1);
+        }
+        results
     }
 }
 
-async fn redis_hgetall(redis: &RedisConn, name: &str, key: &str) -> Result<Row, StageError> {
-    // Every lane shares the one multiplexed connection (see the module docs).
-    let row = redis.hgetall(key).await.map_err(|failure| match failure {
+async fn redis_hgetall(
+    redis: &RedisConn,
+    name: &str,
+    keys: &[&str],
+) -> Vec<Result<Row, StageError>> {
+    let error = |key: &str, failure: &RedisFailure| match failure {
         RedisFailure::Timeout(t) => StageError::transient(format!(
             "lookup `{name}`: Redis HGETALL {key}: no answer within {t:?}"
         )),
@@ -185,8 +217,26 @@ async fn redis_hgetall(redis: &RedisConn, name: &str, key: &str) -> Result<Row, 
                 StageError::transient(message)
             }
         }
-    })?;
-    Ok((!row.is_empty()).then_some(row))
+    };
+    let row = |row: BTreeMap<String, String>| (!row.is_empty()).then_some(row);
+    // Every lane shares the one multiplexed connection (see the module docs).
+    match redis.hgetall_many(keys).await {
+        Ok(rows) => rows.into_iter().map(|r| Ok(row(r))).collect(),
+        // One key's error answer (e.g. WRONGTYPE) fails the whole pipeline: ask key by key, so
+        // only that key's events fail.
+        Err(RedisFailure::Redis(e)) if keys.len() > 1 && e.code().is_some() => {
+            let mut results = Vec::with_capacity(keys.len());
+            for key in keys {
+                results.push(match redis.hgetall_many(&[key]).await {
+                    Ok(mut rows) => Ok(rows.pop().and_then(row)),
+                    Err(failure) => Err(error(key, &failure)),
+                });
+            }
+            results
+        }
+        // The same failure (timeout, connection) for every key.
+        Err(failure) => keys.iter().map(|key| Err(error(key, &failure))).collect(),
+    }
 }
 
 /// `GET` with an in-memory TTL cache of at most `max_entries` URLs.

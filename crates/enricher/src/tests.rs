@@ -255,6 +255,58 @@ target = "{{ context.tier.tier }}"
 }
 
 #[tokio::test]
+async fn a_batch_answers_each_event_as_processing_it_alone_does() {
+    let e = enricher(Spec::load(&with_table(FILE_BINDINGS)).unwrap());
+    let schema = reflex_core::avro::parse_schema(POD_SCHEMA).unwrap();
+    let mut unknown_cluster = event("shop", "evt-2");
+    let json = serde_json::json!({"cluster": "nowhere", "namespace": "shop", "pod": "api-1",
+        "reason": "x", "restart_count": 5});
+    unknown_cluster.payload = Some(Bytes::from(reflex_core::wire::encode_frame(
+        7,
+        &reflex_core::avro::json_to_datum(&schema, &json).unwrap(),
+    )));
+    let mut tombstone = event("shop", "evt-3");
+    tombstone.payload = None;
+    let events = [
+        event("shop", "evt-1"),
+        unknown_cluster,
+        tombstone,
+        event("staging", "evt-4"),
+        event("shop", "evt-5"),
+    ];
+    let refs: Vec<&Event> = events.iter().collect();
+    let batch = e.process_batch(&refs).await;
+    assert_eq!(batch.len(), events.len());
+    for (event, batched) in events.iter().zip(batch) {
+        match (e.process(event).await, batched) {
+            (Ok(alone), Ok(batched)) => {
+                assert!(!alone.is_empty());
+                let requests = |o: &[Output]| {
+                    o.iter()
+                        .map(|o| {
+                            let mut r = decode(o);
+                            r.requested_at = 0;
+                            r
+                        })
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(requests(&alone), requests(&batched));
+                let headers =
+                    |o: &[Output]| o.iter().map(|o| o.headers.clone()).collect::<Vec<_>>();
+                assert_eq!(headers(&alone), headers(&batched));
+            }
+            (Err(alone), Err(batched)) => {
+                assert_eq!(
+                    (alone.class, alone.message),
+                    (batched.class, batched.message)
+                );
+            }
+            (alone, batched) => panic!("alone {alone:?}, in a batch {batched:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn bad_envelopes_and_payloads_fail_with_their_class() {
     let e =
         enricher(parse("[[binding]]\naction = \"a\"\nkind = \"log\"\ntarget = \"x\"\n").unwrap());

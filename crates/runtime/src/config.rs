@@ -97,6 +97,10 @@ pub struct RuntimeSettings {
     pub max_in_flight: usize,
     /// Concurrent key lanes; events with the same key always share a lane, so stay in order.
     pub key_lanes: usize,
+    /// Most events a lane hands the stage at once ([`crate::Stage::process_batch`]): those
+    /// already queued in the lane, at most one per key, so a stage can share one Redis round
+    /// trip among them. Never waits to fill a batch; 1 turns batching off.
+    pub batch_max: usize,
     /// On SIGTERM, how long in-flight events may take to finish. Keep below the session timeout.
     pub drain_grace_ms: u64,
     /// Attempts for retryable errors before the event is dead-lettered (1 = no retry).

@@ -1,9 +1,8 @@
 //! The loop: consume → lanes (process, in key order) → produce → on ack, store the safe offset.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -431,17 +430,28 @@ impl<S: Stage> Shared<S> {
     /// Processes with in-process retries for retryable classes (bounded by `max_attempts` and
     /// `retry_deadline_ms`); on final failure returns the dead letter and the failure's class
     /// (a retryable one carries a not-before time for the reprocessor: a non-blocking retry).
-    async fn process(&self, event: &Event) -> (Vec<Output>, Option<(ErrorClass, i64)>) {
+    /// `first` is the first attempt's result when the event was already processed in a batch.
+    async fn process(
+        &self,
+        event: &Event,
+        mut first: Option<Result<Vec<Output>, StageError>>,
+    ) -> (Vec<Output>, Option<(ErrorClass, i64)>) {
         let stage = self.stage.name();
         let mut attempt = 1;
         let mut first_failure_ms = None;
         let started_at = Instant::now();
         loop {
-            let started = Instant::now();
-            let result = self.stage.process(event).await;
-            self.metrics
-                .processing
-                .record(started.elapsed().as_secs_f64());
+            let result = match first.take() {
+                Some(result) => result,
+                None => {
+                    let started = Instant::now();
+                    let result = self.stage.process(event).await;
+                    self.metrics
+                        .processing
+                        .record(started.elapsed().as_secs_f64());
+                    result
+                }
+            };
             let error: StageError = match result {
                 Ok(outputs) => return (outputs, None),
                 Err(error) => error,
@@ -627,17 +637,127 @@ async fn settler<S: Stage>(
     }
 }
 
-/// One key lane: strictly sequential processing and enqueueing, acks awaited concurrently.
+/// Most events a lane holds back while it builds batches (it stops taking from its queue
+/// beyond this; they wait in the channel instead).
+const LANE_LOOKAHEAD: usize = 1024;
+
+/// One key lane: per-key sequential processing and enqueueing, acks awaited concurrently.
+///
+/// Each round takes what is already queued (never waiting for more) and processes a batch of
+/// at most `runtime.batch_max` events with distinct keys ([`next_batch`]) together, so the
+/// stage can share round trips. An event whose key is already in the batch waits for the next
+/// round: events of one key are still processed, and their outputs enqueued, one after another.
 async fn lane<S: Stage>(shared: Arc<Shared<S>>, mut events: mpsc::UnboundedReceiver<Event>) {
     let (settle_tx, settle_rx) = mpsc::unbounded_channel();
     tokio::spawn(settler(shared.clone(), settle_rx));
-    while let Some(event) = events.recv().await {
-        let decision = match &shared.parking {
-            Some(parking) => parking.decide(&event).await,
-            None if is_release(&event) => Decision::Control,
-            None => Decision::Process,
+    let batch_max = shared.runtime.batch_max.max(1);
+    let mut queued: VecDeque<Event> = VecDeque::new();
+    loop {
+        if queued.is_empty() {
+            match events.recv().await {
+                Some(event) => queued.push_back(event),
+                None => return,
+            }
+        }
+        while queued.len() < LANE_LOOKAHEAD {
+            match events.try_recv() {
+                Ok(event) => queued.push_back(event),
+                Err(_) => break,
+            }
+        }
+        let batch = next_batch(&mut queued, batch_max);
+        if !process_batch(&shared, batch, &settle_tx).await {
+            return;
+        }
+    }
+}
+
+/// How far into a lane's queue [`next_batch`] looks for events of keys not yet in the batch.
+const BATCH_SCAN: usize = 256;
+
+/// Takes the first event of each key from the front of `queued` (up to `max`, looking at most
+/// [`BATCH_SCAN`] deep), in queue order; a later event of a key already met stays queued, in
+/// order. Keyless events are ordered by their partition instead.
+fn next_batch(queued: &mut VecDeque<Event>, max: usize) -> Vec<Event> {
+    if max <= 1 || queued.len() == 1 {
+        return queued.pop_front().into_iter().collect();
+    }
+    let mut batch = Vec::new();
+    // Hashes of the keys met (a collision only keeps an event for the next round); a short
+    // list, scanned.
+    let mut keys_met: Vec<u64> = Vec::new();
+    let mut skipped = Vec::new();
+    for _ in 0..queued.len().min(BATCH_SCAN) {
+        if batch.len() >= max {
+            break;
+        }
+        let Some(event) = queued.pop_front() else {
+            break;
         };
-        let span = trace::process_span(&event, &shared.group);
+        let hash = order_hash(&event);
+        if !keys_met.contains(&hash) {
+            keys_met.push(hash);
+            batch.push(event);
+        } else {
+            skipped.push(event);
+        }
+    }
+    for event in skipped.into_iter().rev() {
+        queued.push_front(event);
+    }
+    batch
+}
+
+/// What orders events: their key, or their partition when they have none.
+fn order_hash(event: &Event) -> u64 {
+    // A fixed seed: lanes only need to be stable within the process.
+    let state = foldhash::fast::FixedState::with_seed(0);
+    match &event.key {
+        Some(key) => state.hash_one(key),
+        None => state.hash_one((&event.topic, event.partition)),
+    }
+}
+
+/// Processes one batch (distinct keys): parking decisions, the stage's first attempt for all
+/// of them at once, then per event in order retries, parking updates and enqueueing. Returns
+/// false when the lane must stop.
+async fn process_batch<S: Stage>(
+    shared: &Arc<Shared<S>>,
+    batch: Vec<Event>,
+    settle_tx: &mpsc::UnboundedSender<Enqueued>,
+) -> bool {
+    let mut decisions = Vec::with_capacity(batch.len());
+    for event in &batch {
+        decisions.push(match &shared.parking {
+            Some(parking) => parking.decide(event).await,
+            None if is_release(event) => Decision::Control,
+            None => Decision::Process,
+        });
+    }
+    let spans: Vec<tracing::Span> = batch
+        .iter()
+        .map(|event| trace::process_span(event, &shared.group))
+        .collect();
+    let to_process: Vec<usize> = (0..batch.len())
+        .filter(|&i| matches!(decisions[i], Decision::Process | Decision::ProcessHead))
+        .collect();
+    // First attempts of a batch of more than one go through `process_batch`; a lone event
+    // (and every retry) goes through `process` inside its own span.
+    let mut first: Vec<Option<Result<Vec<Output>, StageError>>> =
+        (0..batch.len()).map(|_| None).collect();
+    if to_process.len() > 1 {
+        let events: Vec<&Event> = to_process.iter().map(|&i| &batch[i]).collect();
+        let started = Instant::now();
+        let results = shared.stage.process_batch(&events).await;
+        // Each event's share of the batch's time.
+        let share = started.elapsed().as_secs_f64() / events.len() as f64;
+        for (&i, result) in to_process.iter().zip(results) {
+            shared.metrics.processing.record(share);
+            first[i] = Some(result);
+        }
+    }
+    for (((event, decision), span), first) in batch.into_iter().zip(decisions).zip(spans).zip(first)
+    {
         let (mut outputs, failure) = match &decision {
             Decision::Control => (Vec::new(), None),
             Decision::Park {
@@ -651,7 +771,7 @@ async fn lane<S: Stage>(shared: Arc<Shared<S>>, mut events: mpsc::UnboundedRecei
                 )
             }
             Decision::Process | Decision::ProcessHead => {
-                shared.process(&event).instrument(span.clone()).await
+                shared.process(&event, first).instrument(span.clone()).await
             }
         };
         if let Some(parking) = &shared.parking {
@@ -675,15 +795,16 @@ async fn lane<S: Stage>(shared: Arc<Shared<S>>, mut events: mpsc::UnboundedRecei
             Ok(deliveries) => {
                 if settle_tx.send((event, deliveries, dead_lettered)).is_err() {
                     error!("settle task stopped unexpectedly");
-                    return;
+                    return false;
                 }
             }
             Err(message) => {
                 shared.fail(event.topic.clone(), message);
-                return;
+                return false;
             }
         }
     }
+    true
 }
 
 /// Registers the loop's series at zero, so `/metrics` shows them (and `rate()` works) before
@@ -760,13 +881,8 @@ async fn monitor_lag(kafka: KafkaSettings, runtime: RuntimeSettings) {
 }
 
 fn lane_of(event: &Event, lanes: usize) -> usize {
-    let mut hasher = DefaultHasher::new();
-    match &event.key {
-        Some(key) => key.hash(&mut hasher),
-        // Without a key, keep partition order.
-        None => (&event.topic, event.partition).hash(&mut hasher),
-    }
-    (hasher.finish() % lanes as u64) as usize
+    // The same key (or, without one, the same partition) always takes the same lane.
+    (order_hash(event) % lanes as u64) as usize
 }
 
 fn backoff(runtime: &RuntimeSettings, attempt: u32) -> Duration {
@@ -957,5 +1073,67 @@ impl ConsumerContext for RuntimeContext {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => warn!(error = %e, "offset commit failed; will retry on the next interval"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn event(key: Option<&'static str>, partition: i32, offset: i64) -> Event {
+        Event {
+            topic: "t".into(),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: key.map(|k| Bytes::from_static(k.as_bytes())),
+            payload: None,
+            headers: Headers::default(),
+        }
+    }
+
+    fn offsets(events: &[Event]) -> Vec<i64> {
+        events.iter().map(|e| e.offset).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_the_first_event_of_each_key_and_keeps_the_rest_in_order() {
+        let mut queued: VecDeque<Event> = [
+            event(Some("a"), 0, 1),
+            event(Some("b"), 0, 2),
+            event(Some("a"), 0, 3),
+            event(Some("c"), 0, 4),
+            event(Some("b"), 0, 5),
+            event(Some("a"), 0, 6),
+        ]
+        .into();
+        assert_eq!(offsets(&next_batch(&mut queued, 64)), [1, 2, 4]);
+        assert_eq!(
+            offsets(&queued.iter().cloned().collect::<Vec<_>>()),
+            [3, 5, 6]
+        );
+        assert_eq!(offsets(&next_batch(&mut queued, 64)), [3, 5]);
+        assert_eq!(offsets(&next_batch(&mut queued, 64)), [6]);
+        assert!(queued.is_empty());
+    }
+
+    #[test]
+    fn a_batch_respects_its_limit_and_keyless_events_keep_partition_order() {
+        let mut queued: VecDeque<Event> = [
+            event(None, 0, 1),
+            event(None, 1, 2),
+            event(None, 0, 3),
+            event(Some("a"), 0, 4),
+        ]
+        .into();
+        assert_eq!(offsets(&next_batch(&mut queued, 2)), [1, 2]);
+        assert_eq!(offsets(&next_batch(&mut queued, 2)), [3, 4]);
+        let mut queued: VecDeque<Event> = [event(Some("a"), 0, 1), event(Some("b"), 0, 2)].into();
+        assert_eq!(
+            offsets(&next_batch(&mut queued, 1)),
+            [1],
+            "batch_max = 1 is one at a time"
+        );
     }
 }

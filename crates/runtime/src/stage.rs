@@ -97,6 +97,24 @@ pub trait Stage: Send + Sync + 'static {
         event: &Event,
     ) -> impl Future<Output = Result<Vec<Output>, StageError>> + Send;
 
+    /// Processes events of distinct keys taken from one lane together, returning one result per
+    /// event in order. A stage overrides this to share round trips among them (the enricher's
+    /// lookups in one Redis pipeline, the actor's claims and done records in two); the default
+    /// processes them one by one. Failed events are retried one at a time with
+    /// [`Stage::process`], so both must mean the same.
+    fn process_batch(
+        &self,
+        events: &[&Event],
+    ) -> impl Future<Output = Vec<Result<Vec<Output>, StageError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(events.len());
+            for event in events {
+                results.push(self.process(event).await);
+            }
+            results
+        }
+    }
+
     /// The earliest time (ms since the epoch) `event` may be processed, if later than now: the
     /// runtime then pauses the event's partition until that time and reads it again, instead of
     /// sleeping with it in flight (used by the dead-letter reprocessor's redelivery schedule).
