@@ -6,14 +6,36 @@
 //! throughput, p50/p95/p99 end-to-end latency (produce call → output record consumed back by
 //! the bench, so it includes the workers' produce acknowledgement and one fetch), CPU seconds per
 //! event (utime+stime of the worker processes from `/proc/<pid>/stat`), peak RSS (`VmHWM`) and
-//! RSS at the start and end of the measured window. In the same run it measures a **raw
-//! passthrough baseline**: this binary started as `reflex-bench passthrough`, an rdkafka consume →
-//! produce loop with no processing, the same broker and the runtime's client settings. Every
-//! figure is also printed as a ratio to the baseline.
+//! the summed `VmRSS` of the workers sampled every 250 ms over the measured window: its start,
+//! max, the values at 10/50/90% of the window and the spread `(max - min) / min` after the first
+//! 10% (the ramp-up while librdkafka's fetch queue and the in-flight window fill); `--json` also
+//! gets the whole series.
+//!
+//! In the same run it measures a **raw passthrough baseline** with the pipeline's topology:
+//! `--hops` processes of this binary started as `reflex-bench passthrough` (an rdkafka consume →
+//! produce loop with no processing, the same broker and the runtime's client settings), chained
+//! through their own topics and groups, as many as the pipeline has stages (router 1; full 3:
+//! input → routed → requests → outcomes), so the ratios compare like with like. Every figure is
+//! also printed as a ratio to the baseline. `--pipeline baseline` runs the baseline alone (one
+//! hop unless `--hops N`).
+//!
+//! **Backlog mode** (`--backlog`, the "RSS flat while draining a backlog" target): after the
+//! warm-up the workers are stopped with SIGSTOP, all `--events` are produced and acknowledged,
+//! then the workers get SIGCONT and the drain is measured. The workers are warm (connections,
+//! group membership, schema caches) and then find the whole backlog in their input, which a
+//! producer racing running workers does not give. In this mode the window starts at the resume:
+//! throughput is events / (resume → last output), latency is the time from the resume to each
+//! output (its place in the drain, not a service latency), CPU and RSS cover the drain only. The
+//! workers' group session is raised to `--backlog-session-timeout-s` (120) there, so the stop
+//! does not make librdkafka drop the assignment and rejoin on resume (a warning says when the
+//! stop lasted longer; stderr also prints the delay from the resume to the first output).
 //!
 //! ```text
 //! cargo build --release --workspace --bins
 //! scripts/stack.sh run -- target/release/reflex-bench --events 200000 --rate max --pipeline router
+//! scripts/stack.sh run -- target/release/reflex-bench --events 100000 --rate max --pipeline full
+//! scripts/stack.sh run -- target/release/reflex-bench --events 5000000 --pipeline router \
+//!     --no-baseline --backlog
 //! ```
 //!
 //! Pipelines: `router` (router alone, a rule reading payload fields), `full` (router → enricher
@@ -41,7 +63,7 @@ use reflex_core::headers::ce;
 use reflex_core::registry::RegistryClient;
 use reflex_testkit::{ce_headers, client_config, create_topics, unique};
 
-use crate::report::{Report, Scenario, WorkerFigures};
+use crate::report::{Report, RssSample, Scenario, WorkerFigures};
 
 const POD_SCHEMA: &str = include_str!("../../../avro/k8s_pod_event.avsc");
 /// Events sent (and waited for) before measuring: group joins, connections, schema caches.
@@ -81,6 +103,21 @@ struct Args {
     /// Skip the passthrough baseline (ratios are then not printed).
     #[arg(long)]
     no_baseline: bool,
+    /// Chained passthrough hops in the baseline. Default: the pipeline's (router 1, full 3;
+    /// `--pipeline baseline` alone 1), so the ratio compares the same topology.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    hops: Option<u32>,
+    /// Drain a backlog: after the warm-up the workers are stopped (SIGSTOP), all `--events` are
+    /// produced, then the workers are resumed (SIGCONT) and the drain is measured.
+    #[arg(long)]
+    backlog: bool,
+    /// Group session timeout of the workers in backlog mode, seconds; must exceed the time the
+    /// workers are stopped (about the time to produce the backlog). A stopped member sends no
+    /// heartbeats: past its session librdkafka itself revokes the partitions on resume and
+    /// rejoins, so the drain would start with a rebalance (a warning says so). tansu completes a
+    /// group's first join only after half the session timeout, so the warm-up waits that long.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(6..=1800))]
+    backlog_session_timeout_s: u32,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -116,6 +153,11 @@ enum Cmd {
         input: String,
         #[arg(long)]
         output: String,
+        /// Longer in backlog mode, so the group survives the SIGSTOP.
+        #[arg(long, default_value_t = 6000)]
+        session_timeout_ms: u32,
+        #[arg(long, default_value_t = 300_000)]
+        max_poll_interval_ms: u32,
     },
 }
 
@@ -137,6 +179,14 @@ impl Pipeline {
             Pipeline::Full => "router+enricher+actor",
         }
     }
+
+    /// Consume → produce hops between the input and the topic the bench reads.
+    fn hops(self) -> u32 {
+        match self {
+            Pipeline::Baseline | Pipeline::Router => 1,
+            Pipeline::Full => 3,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -151,7 +201,16 @@ fn main() -> anyhow::Result<()> {
             group,
             input,
             output,
-        }) => runtime.block_on(passthrough::run(bootstrap, group, input, output)),
+            session_timeout_ms,
+            max_poll_interval_ms,
+        }) => runtime.block_on(passthrough::run(
+            bootstrap,
+            group,
+            input,
+            output,
+            *session_timeout_ms,
+            *max_poll_interval_ms,
+        )),
         None => runtime.block_on(bench(&args)),
     }
 }
@@ -178,11 +237,14 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
             .context("binary has no directory")?
             .to_path_buf(),
     };
+    let hops = args.hops.unwrap_or(args.pipeline.hops());
     let work = std::env::temp_dir().join(unique("reflex-bench"));
     std::fs::create_dir_all(&work)?;
     eprintln!(
-        "reflex-bench: {} events, rate {}, pipeline {}, broker {}, workers from {}, logs in {}",
+        "reflex-bench: {} events{}, rate {}, pipeline {}, baseline hops {hops}, broker {}, \
+         workers from {}, logs in {}",
         args.events,
+        if args.backlog { " (backlog)" } else { "" },
         args.rate,
         args.pipeline.name(),
         args.bootstrap,
@@ -192,6 +254,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let ctx = Ctx {
         args,
         rate,
+        hops,
         bin_dir,
         work,
     };
@@ -209,6 +272,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         args.events,
         args.rate.clone(),
         args.partitions,
+        args.backlog,
         baseline,
         pipeline,
     );
@@ -223,6 +287,8 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 struct Ctx<'a> {
     args: &'a Args,
     rate: Option<f64>,
+    /// Passthrough hops of the baseline scenario.
+    hops: u32,
     bin_dir: PathBuf,
     work: PathBuf,
 }
@@ -231,6 +297,25 @@ struct Ctx<'a> {
 struct Worker {
     name: String,
     child: Child,
+}
+
+impl Worker {
+    /// Sends `signal` (`STOP`, `CONT`) to the process; every thread of it stops or resumes.
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .context("run kill")?;
+        if !status.success() {
+            bail!(
+                "kill -{signal} {} ({}): {status}",
+                self.child.id(),
+                self.name
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Worker {
@@ -254,20 +339,44 @@ struct Seen {
 impl<'a> Ctx<'a> {
     async fn scenario(&self, pipeline: Pipeline) -> anyhow::Result<Scenario> {
         let a = self.args;
-        let tag = match pipeline {
-            Pipeline::Baseline => "base",
-            Pipeline::Router => "router",
-            Pipeline::Full => "full",
+        let (tag, name) = match pipeline {
+            Pipeline::Baseline => (
+                "base",
+                format!(
+                    "baseline ({} hop{})",
+                    self.hops,
+                    if self.hops == 1 { "" } else { "s" }
+                ),
+            ),
+            Pipeline::Router => ("router", pipeline.name().to_string()),
+            Pipeline::Full => ("full", pipeline.name().to_string()),
         };
-        let input = unique(&format!("bench-{tag}-in"));
-        let routed = unique(&format!("bench-{tag}-routed"));
-        let requests = unique(&format!("bench-{tag}-requests"));
-        let outcomes = unique(&format!("bench-{tag}-outcomes"));
-        let parked = unique(&format!("bench-{tag}-parked"));
-        let mut topics = vec![input.clone(), routed.clone()];
-        if pipeline == Pipeline::Full {
-            topics.extend([requests.clone(), outcomes.clone(), parked.clone()]);
-        }
+        let topic = |stage: &str| unique(&format!("bench-{tag}-{stage}"));
+        let input = topic("in");
+        // The topics after each hop, the last one read by the bench; the baseline's chain has
+        // the full pipeline's stage names for its first three hops.
+        let (chain, parked): (Vec<String>, Option<String>) = match pipeline {
+            Pipeline::Baseline => (
+                (1..=self.hops)
+                    .map(|i| match i {
+                        1 => topic("routed"),
+                        2 => topic("requests"),
+                        3 => topic("outcomes"),
+                        i => topic(&format!("hop{i}")),
+                    })
+                    .collect(),
+                None,
+            ),
+            Pipeline::Router => (vec![topic("routed")], None),
+            Pipeline::Full => (
+                vec![topic("routed"), topic("requests"), topic("outcomes")],
+                Some(topic("parked")),
+            ),
+        };
+        let topics: Vec<String> = std::iter::once(input.clone())
+            .chain(chain.iter().cloned())
+            .chain(parked.iter().cloned())
+            .collect();
         let dlqs: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
         let all: Vec<(&str, i32)> = topics
             .iter()
@@ -286,10 +395,10 @@ impl<'a> Ctx<'a> {
             .await
             .with_context(|| format!("register the pod schema at {}", a.registry_url))?;
 
-        let last_topic = match pipeline {
-            Pipeline::Full => outcomes.clone(),
-            _ => routed.clone(),
-        };
+        let last_topic = chain
+            .last()
+            .context("a scenario has at least one hop")?
+            .clone();
         // Subscribe before any worker produces, so the first outputs are not missed.
         let seen = Arc::new(Mutex::new(Seen {
             warm: 0,
@@ -313,14 +422,35 @@ impl<'a> Ctx<'a> {
 
         let mut workers = match pipeline {
             Pipeline::Baseline => {
-                let mut c = Command::new(std::env::current_exe()?);
-                c.args(["passthrough", "--bootstrap", &a.bootstrap, "--group"])
-                    .arg(unique("bench-passthrough"))
-                    .args(["--input", &input, "--output", &routed]);
-                vec![self.spawn("passthrough", c)?]
+                // One process and group per hop, like the pipeline's stages.
+                let mut workers = Vec::new();
+                let mut from = &input;
+                for (i, to) in chain.iter().enumerate() {
+                    let name = if chain.len() == 1 {
+                        "passthrough".to_string()
+                    } else {
+                        format!("passthrough-{}", i + 1)
+                    };
+                    let (session, poll) = self.group_timeouts_ms();
+                    let mut c = Command::new(std::env::current_exe()?);
+                    c.args(["passthrough", "--bootstrap", &a.bootstrap, "--group"])
+                        .arg(unique("bench-passthrough"))
+                        .args(["--input", from, "--output", to])
+                        .arg(format!("--session-timeout-ms={session}"))
+                        .arg(format!("--max-poll-interval-ms={poll}"));
+                    workers.push(self.spawn(&name, c)?);
+                    from = to;
+                }
+                workers
             }
-            Pipeline::Router => vec![self.spawn_router(&input, &routed)?],
-            Pipeline::Full => self.spawn_full(&input, &routed, &requests, &outcomes, &parked)?,
+            Pipeline::Router => vec![self.spawn_router(&input, &chain[0])?],
+            Pipeline::Full => self.spawn_full(
+                &input,
+                &chain[0],
+                &chain[1],
+                &chain[2],
+                parked.as_deref().unwrap_or_default(),
+            )?,
         };
 
         let producer: FutureProducer = reflex_testkit::producer(&a.bootstrap);
@@ -335,8 +465,7 @@ impl<'a> Ctx<'a> {
             (id, k)
         };
         eprintln!(
-            "[{}] warming up: {} events through {}",
-            pipeline.name(),
+            "[{name}] warming up: {} events through {}",
             a.warmup,
             workers
                 .iter()
@@ -348,38 +477,88 @@ impl<'a> Ctx<'a> {
             let (id, k) = produce_one(format!("{WARMUP_PREFIX}{n}"), n);
             send(&producer, &input, &keys[k], &payloads[k], &id).await?;
         }
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // The group joins are part of the warm-up, and can take up to the session timeout.
+        let (session_ms, _) = self.group_timeouts_ms();
+        let warmup_limit = Duration::from_secs(120) + Duration::from_millis(session_ms.into());
+        let deadline = Instant::now() + warmup_limit;
         while seen.lock().unwrap().warm < a.warmup {
             self.check_alive(&mut workers)?;
             if Instant::now() > deadline {
                 bail!(
-                    "warm-up: only {}/{} events came out of {} within 120 s; worker logs in {}",
+                    "warm-up: only {}/{} events came out of {} within {} s; worker logs in {}",
                     seen.lock().unwrap().warm,
                     a.warmup,
                     last_topic,
+                    warmup_limit.as_secs(),
                     self.work.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // Measured window.
-        let cpu_start: Vec<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
-        let rss_samples = Arc::new(Mutex::new(Vec::<u64>::new()));
+        // Measured window. In backlog mode it starts at the resume: the workers are stopped
+        // while the backlog is produced (so they cannot keep up with the producer and turn it
+        // into a stream), and the figures cover only the drain.
+        let stopped_at = Instant::now();
+        if a.backlog {
+            for w in &workers {
+                w.signal("STOP")?;
+            }
+            eprintln!(
+                "[{name}] workers stopped; producing a backlog of {} events",
+                a.events
+            );
+        } else {
+            eprintln!("[{name}] producing {} events", a.events);
+        }
+        let produce_started = Instant::now();
+        let mut window_start = produce_started;
+        let mut resume_us = None;
+        let mut cpu_start: Vec<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
+        let rss_samples = Arc::new(Mutex::new(Vec::<RssSample>::new()));
         let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
-        let sampler = tokio::spawn(sample_rss(pids.clone(), rss_samples.clone()));
-        eprintln!("[{}] producing {} events", pipeline.name(), a.events);
-        let produce_started = t0.elapsed();
+        let mut sampler = (!a.backlog)
+            .then(|| tokio::spawn(sample_rss(pids.clone(), rss_samples.clone(), window_start)));
         let failures = produce_all(
             &producer, &input, &keys, &payloads, a.events, self.rate, &sent_us, t0,
         )
         .await;
-        let produce_s = (t0.elapsed() - produce_started).as_secs_f64();
+        let produce_s = produce_started.elapsed().as_secs_f64();
         eprintln!(
-            "[{}] produced in {produce_s:.2} s ({:.0}/s), waiting for outputs",
-            pipeline.name(),
+            "[{name}] produced in {produce_s:.2} s ({:.0}/s), waiting for outputs",
             a.events as f64 / produce_s
         );
+        if a.backlog {
+            // Every measured event is in the topic (`produce_all` awaited the acks). Their clock
+            // starts now: the throughput is events / (resume → last output), and latency is the
+            // time into the drain at which each came out, not a service latency.
+            let stopped = stopped_at.elapsed();
+            if stopped >= Duration::from_millis(session_ms.into()) {
+                eprintln!(
+                    "[{name}] warning: the workers were stopped {:.0} s, longer than their session \
+                     timeout ({} s): the drain starts with a rebalance; raise \
+                     --backlog-session-timeout-s",
+                    stopped.as_secs_f64(),
+                    session_ms / 1000
+                );
+            }
+            window_start = Instant::now();
+            let resume = t0.elapsed().as_micros() as u64;
+            for s in sent_us.iter() {
+                s.store(resume, Ordering::Relaxed);
+            }
+            resume_us = Some(resume);
+            cpu_start = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
+            sampler = Some(tokio::spawn(sample_rss(
+                pids.clone(),
+                rss_samples.clone(),
+                window_start,
+            )));
+            for w in &workers {
+                w.signal("CONT")?;
+            }
+            eprintln!("[{name}] workers resumed, draining");
+        }
         let stall = Duration::from_secs(a.stall_timeout_s);
         let mut last_progress = (0, Instant::now());
         loop {
@@ -391,18 +570,29 @@ impl<'a> Ctx<'a> {
                 last_progress = (received, Instant::now());
             } else if last_progress.1.elapsed() > stall {
                 eprintln!(
-                    "[{}] no output for {} s: stopping with {received}/{} received",
-                    pipeline.name(),
-                    a.stall_timeout_s,
-                    a.events
+                    "[{name}] no output for {} s: stopping with {received}/{} received",
+                    a.stall_timeout_s, a.events
                 );
                 break;
             }
             self.check_alive(&mut workers)?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let window_s = window_start.elapsed().as_secs_f64();
+        if let Some(resume_us) = resume_us {
+            // A long gap here means the workers did more than drain (e.g. rejoined their group).
+            let first_us = seen.lock().unwrap().first_us;
+            if first_us != u64::MAX {
+                eprintln!(
+                    "[{name}] first output {:.2} s after the resume, drained in {window_s:.2} s",
+                    first_us.saturating_sub(resume_us) as f64 / 1e6
+                );
+            }
+        }
         let cpu_end: Vec<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
-        sampler.abort();
+        if let Some(sampler) = sampler {
+            sampler.abort();
+        }
         reader.abort();
         let per_worker: Vec<WorkerFigures> = workers
             .iter()
@@ -433,7 +623,7 @@ impl<'a> Ctx<'a> {
             .map(|s| s.load(Ordering::Relaxed))
             .unwrap_or(0);
         Ok(Scenario::new(
-            pipeline.name(),
+            &name,
             a.events,
             failures,
             &mut seen.latencies_us,
@@ -443,8 +633,21 @@ impl<'a> Ctx<'a> {
                 .saturating_sub(first_send_us.min(seen.first_us)),
             produce_s,
             per_worker,
-            &rss,
+            rss,
+            window_s,
         ))
+    }
+
+    /// Session and max-poll-interval of the workers' consumer groups.
+    /// In backlog mode the session covers the stop; librdkafka wants
+    /// `max.poll.interval.ms >= session.timeout.ms`, and the stop also counts as a poll gap.
+    fn group_timeouts_ms(&self) -> (u32, u32) {
+        if self.args.backlog {
+            let session = self.args.backlog_session_timeout_s * 1000;
+            (session, session.max(300_000))
+        } else {
+            (6000, 300_000)
+        }
     }
 
     fn spawn(&self, name: &str, mut command: Command) -> anyhow::Result<Worker> {
@@ -472,11 +675,13 @@ impl<'a> Ctx<'a> {
             );
         }
         let a = self.args;
+        let (session, poll) = self.group_timeouts_ms();
         let mut c = Command::new(path);
         c.env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &a.bootstrap)
             .env("REFLEX_KAFKA__GROUP_ID", unique(bin))
             .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
-            .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
+            .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", session.to_string())
+            .env("REFLEX_KAFKA__MAX_POLL_INTERVAL_MS", poll.to_string())
             .env("REFLEX_REGISTRY__URL", &a.registry_url)
             .env("REFLEX_TELEMETRY__LOG_LEVEL", "warn")
             .env("REFLEX_TELEMETRY__LOG_FORMAT", "text")
@@ -736,12 +941,18 @@ async fn read_outputs(
     }
 }
 
-/// Samples the summed `VmRSS` of `pids` every 250 ms.
-async fn sample_rss(pids: Vec<u32>, samples: Arc<Mutex<Vec<u64>>>) {
+/// Samples the summed `VmRSS` of `pids` every 250 ms, timed from `start` (the window's start).
+async fn sample_rss(pids: Vec<u32>, samples: Arc<Mutex<Vec<RssSample>>>, start: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // A late tick (busy machine) is taken late, not made up for with a burst of samples.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tick.tick().await;
         let kb: u64 = pids.iter().map(|p| status_kb(*p, "VmRSS:")).sum();
-        samples.lock().unwrap().push(kb);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        samples.lock().unwrap().push(RssSample {
+            t_s: start.elapsed().as_secs_f64(),
+            mb: kb as f64 / 1024.0,
+        });
     }
 }
 

@@ -18,7 +18,16 @@ use tokio::sync::Semaphore;
 /// The runtime's `runtime.max_in_flight` default.
 const MAX_IN_FLIGHT: usize = 2000;
 
-pub async fn run(bootstrap: &str, group: &str, input: &str, output: &str) -> anyhow::Result<()> {
+/// `session_timeout_ms` / `max_poll_interval_ms`: 6000 / 300000 as the bench runs the workers,
+/// longer in backlog mode (the process is stopped while the backlog is produced).
+pub async fn run(
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+    session_timeout_ms: u32,
+    max_poll_interval_ms: u32,
+) -> anyhow::Result<()> {
     let mut consumer = ClientConfig::new();
     consumer
         .set("bootstrap.servers", bootstrap)
@@ -29,8 +38,8 @@ pub async fn run(bootstrap: &str, group: &str, input: &str, output: &str) -> any
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("max.poll.interval.ms", "300000")
+        .set("session.timeout.ms", session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", max_poll_interval_ms.to_string())
         .set("queued.max.messages.kbytes", "16384");
     let consumer: Arc<StreamConsumer> = Arc::new(consumer.create()?);
     consumer.subscribe(&[input])?;

@@ -22,6 +22,77 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// One point of the RSS time series: summed `VmRSS` of the workers.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct RssSample {
+    /// Seconds since the start of the measured window.
+    pub t_s: f64,
+    pub mb: f64,
+}
+
+/// The RSS time series reduced to the figures of the "flat while draining" target.
+///
+/// The first 10% of the window is left out of min/max: that is the ramp-up, while librdkafka's
+/// prefetch queue, the in-flight window and the producer buffers fill from their post-warm-up
+/// size. Growth after that is what the target is about (a leak or an unbounded queue).
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct RssSummary {
+    /// Summed `VmRSS` at 10%, 50% and 90% of the window (the first sample at or after), MiB.
+    pub at_10pct_mb: f64,
+    pub at_50pct_mb: f64,
+    pub at_90pct_mb: f64,
+    /// Lowest and highest sample from 10% of the window on, MiB.
+    pub min_after_rampup_mb: f64,
+    pub max_after_rampup_mb: f64,
+    /// `(max - min) / min` after the ramp-up, percent (the target: within 20%).
+    pub spread_after_rampup_pct: f64,
+}
+
+/// Share of the window treated as ramp-up.
+const RAMP_UP: f64 = 0.10;
+
+impl RssSummary {
+    /// `series` in time order; `window_s` is the window's length (the last sample's time when it
+    /// is not positive). All zero for an empty series.
+    pub fn from_series(series: &[RssSample], window_s: f64) -> Self {
+        let Some(last) = series.last() else {
+            return RssSummary::default();
+        };
+        let window_s = if window_s > 0.0 { window_s } else { last.t_s };
+        // The first sample at or after the point (the last one when the window outlasted the
+        // sampler), so the 10/50/90% values are among the samples min and max are taken from.
+        let at = |fraction: f64| {
+            let t = fraction * window_s;
+            series.iter().find(|s| s.t_s >= t).unwrap_or(last).mb
+        };
+        let after: Vec<f64> = series
+            .iter()
+            .filter(|s| s.t_s >= RAMP_UP * window_s)
+            .map(|s| s.mb)
+            .collect();
+        // A window shorter than one sampling period: the last sample is all there is.
+        let after = if after.is_empty() {
+            vec![last.mb]
+        } else {
+            after
+        };
+        let min = after.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = after.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        RssSummary {
+            at_10pct_mb: at(0.10),
+            at_50pct_mb: at(0.50),
+            at_90pct_mb: at(0.90),
+            min_after_rampup_mb: min,
+            max_after_rampup_mb: max,
+            spread_after_rampup_pct: if min > 0.0 {
+                (max - min) / min * 100.0
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// The figures of one scenario (baseline or a pipeline).
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
@@ -55,6 +126,13 @@ pub struct Scenario {
     pub rss_max_mb: f64,
     /// Summed `VmRSS` at the end, MiB.
     pub rss_end_mb: f64,
+    /// Length of the window the RSS series covers, seconds (normal mode: first event produced →
+    /// end of the wait for outputs; backlog mode: resume → end of the drain).
+    pub rss_window_s: f64,
+    /// RSS at 10/50/90% of the window and its spread after the ramp-up.
+    pub rss: RssSummary,
+    /// Every sample of the window (every 250 ms).
+    pub rss_series: Vec<RssSample>,
     pub workers: Vec<WorkerFigures>,
 }
 
@@ -70,7 +148,8 @@ impl Scenario {
         elapsed_us: u64,
         produce_s: f64,
         workers: Vec<WorkerFigures>,
-        rss_kb: &[u64],
+        rss_series: Vec<RssSample>,
+        rss_window_s: f64,
     ) -> Self {
         latencies_us.sort_unstable();
         let pct = |p: f64| -> f64 {
@@ -82,7 +161,6 @@ impl Scenario {
         };
         let elapsed_s = elapsed_us as f64 / 1e6;
         let cpu_s: f64 = workers.iter().map(|w| w.cpu_s).sum();
-        let mb = |kb: u64| kb as f64 / 1024.0;
         Scenario {
             name: name.to_string(),
             events,
@@ -110,13 +188,19 @@ impl Scenario {
                 0.0
             },
             peak_rss_mb: workers.iter().map(|w| w.peak_rss_mb).sum(),
-            rss_start_mb: rss_kb.first().copied().map(mb).unwrap_or(0.0),
-            rss_max_mb: rss_kb.iter().copied().max().map(mb).unwrap_or(0.0),
-            rss_end_mb: rss_kb.last().copied().map(mb).unwrap_or(0.0),
+            rss_start_mb: rss_series.first().map(|s| s.mb).unwrap_or(0.0),
+            rss_max_mb: rss_series.iter().map(|s| s.mb).fold(0.0, f64::max),
+            rss_end_mb: rss_series.last().map(|s| s.mb).unwrap_or(0.0),
+            rss_window_s,
+            rss: RssSummary::from_series(&rss_series, rss_window_s),
+            rss_series,
             workers,
         }
     }
 }
+
+/// Width of the table's label column.
+const LABEL: usize = 26;
 
 /// A table row: label, the figure of a scenario, its format.
 type Row = (&'static str, fn(&Scenario) -> f64, &'static str);
@@ -136,6 +220,8 @@ pub struct Report {
     pub events: u64,
     pub rate: String,
     pub partitions: i32,
+    /// Backlog mode: the events were produced while the workers were stopped, then drained.
+    pub backlog: bool,
     pub baseline: Option<Scenario>,
     pub pipeline: Option<Scenario>,
     pub ratios: Option<Ratios>,
@@ -154,6 +240,7 @@ impl Report {
         events: u64,
         rate: String,
         partitions: i32,
+        backlog: bool,
         baseline: Option<Scenario>,
         pipeline: Option<Scenario>,
     ) -> Self {
@@ -171,6 +258,7 @@ impl Report {
             events,
             rate,
             partitions,
+            backlog,
             baseline,
             pipeline,
             ratios,
@@ -180,7 +268,7 @@ impl Report {
     /// The table: one row per figure, a column per scenario and the ratio.
     pub fn table(&self) -> String {
         let scenarios: Vec<&Scenario> = self.baseline.iter().chain(&self.pipeline).collect();
-        let rows: [Row; 14] = [
+        let rows: [Row; 20] = [
             ("events received", |s| s.received as f64, "{:.0}"),
             ("missing", |s| s.missing as f64, "{:.0}"),
             ("duplicates", |s| s.duplicates as f64, "{:.0}"),
@@ -195,6 +283,24 @@ impl Report {
             ("peak RSS MiB (VmHWM)", |s| s.peak_rss_mb, "{:.1}"),
             ("RSS start MiB", |s| s.rss_start_mb, "{:.1}"),
             ("RSS max MiB", |s| s.rss_max_mb, "{:.1}"),
+            ("RSS at 10% MiB", |s| s.rss.at_10pct_mb, "{:.1}"),
+            ("RSS at 50% MiB", |s| s.rss.at_50pct_mb, "{:.1}"),
+            ("RSS at 90% MiB", |s| s.rss.at_90pct_mb, "{:.1}"),
+            (
+                "RSS min after 10% MiB",
+                |s| s.rss.min_after_rampup_mb,
+                "{:.1}",
+            ),
+            (
+                "RSS max after 10% MiB",
+                |s| s.rss.max_after_rampup_mb,
+                "{:.1}",
+            ),
+            (
+                "RSS spread after ramp-up %",
+                |s| s.rss.spread_after_rampup_pct,
+                "{:.1}",
+            ),
         ];
         let fmt = |v: f64, f: &str| match f {
             "{:.0}" => format!("{v:.0}"),
@@ -202,10 +308,18 @@ impl Report {
             _ => format!("{v:.2}"),
         };
         let mut out = format!(
-            "\nreflex-bench: {} events, rate {}, {} partitions\n\n",
-            self.events, self.rate, self.partitions
+            "\nreflex-bench: {} events, rate {}, {} partitions{}\n\n",
+            self.events,
+            self.rate,
+            self.partitions,
+            if self.backlog {
+                ", backlog drain (throughput = events / (resume → last output), \
+                 latency from the resume)"
+            } else {
+                ""
+            }
         );
-        let mut header = format!("| {:<22} |", "figure");
+        let mut header = format!("| {:<LABEL$} |", "figure");
         for s in &scenarios {
             header.push_str(&format!(" {:>22} |", s.name));
         }
@@ -217,12 +331,12 @@ impl Report {
         out.push('\n');
         out.push_str(&format!(
             "|{}|{}{}\n",
-            "-".repeat(24),
+            "-".repeat(LABEL + 2),
             format!("{}|", "-".repeat(24)).repeat(scenarios.len()),
             if with_ratio { "----------|" } else { "" }
         ));
         for (label, get, f) in rows {
-            let mut line = format!("| {label:<22} |");
+            let mut line = format!("| {label:<LABEL$} |");
             for s in &scenarios {
                 line.push_str(&format!(" {:>22} |", fmt(get(s), f)));
             }
@@ -253,5 +367,118 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(points: &[(f64, f64)]) -> Vec<RssSample> {
+        points
+            .iter()
+            .map(|&(t_s, mb)| RssSample { t_s, mb })
+            .collect()
+    }
+
+    #[test]
+    fn empty_series_is_all_zero() {
+        assert_eq!(RssSummary::from_series(&[], 10.0), RssSummary::default());
+    }
+
+    #[test]
+    fn ramp_up_is_left_out_of_min_max_and_spread() {
+        // 10 s window, a sample per second: 20 → 100 MiB in the first second, then 100..=110.
+        let s = series(&[
+            (0.0, 20.0),
+            (0.5, 60.0),
+            (1.0, 100.0),
+            (2.0, 104.0),
+            (3.0, 102.0),
+            (4.0, 110.0),
+            (5.0, 105.0),
+            (6.0, 101.0),
+            (7.0, 100.0),
+            (8.0, 103.0),
+            (9.0, 106.0),
+            (10.0, 107.0),
+        ]);
+        let r = RssSummary::from_series(&s, 10.0);
+        assert_eq!(r.at_10pct_mb, 100.0);
+        assert_eq!(r.at_50pct_mb, 105.0);
+        assert_eq!(r.at_90pct_mb, 106.0);
+        assert_eq!(r.min_after_rampup_mb, 100.0);
+        assert_eq!(r.max_after_rampup_mb, 110.0);
+        assert!((r.spread_after_rampup_pct - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn percentile_points_take_the_first_sample_at_or_after() {
+        // Irregular samples (a busy machine delays ticks): at 10% of 4 s (0.4 s) the value is
+        // the 0.6 s one, which is also the ramp-up's end for min and max.
+        let s = series(&[(0.1, 1.0), (0.35, 2.0), (0.6, 3.0), (1.85, 4.0), (3.6, 5.0)]);
+        let r = RssSummary::from_series(&s, 4.0);
+        assert_eq!(r.at_10pct_mb, 3.0);
+        assert_eq!(r.at_50pct_mb, 5.0);
+        assert_eq!(r.at_90pct_mb, 5.0);
+        assert_eq!(r.min_after_rampup_mb, 3.0);
+        // A point after the last sample takes the last sample.
+        let r = RssSummary::from_series(&series(&[(0.0, 7.0), (1.0, 9.0)]), 5.0);
+        assert_eq!(r.at_50pct_mb, 9.0);
+        assert_eq!(r.at_90pct_mb, 9.0);
+    }
+
+    #[test]
+    fn growth_after_ramp_up_shows_in_the_spread() {
+        let s = series(&[(0.0, 50.0), (1.0, 100.0), (2.0, 150.0), (3.0, 200.0)]);
+        let r = RssSummary::from_series(&s, 3.0);
+        assert_eq!(r.min_after_rampup_mb, 100.0);
+        assert_eq!(r.max_after_rampup_mb, 200.0);
+        assert!((r.spread_after_rampup_pct - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn window_defaults_to_the_last_sample_and_short_windows_use_the_last_sample() {
+        let s = series(&[(0.0, 10.0), (2.0, 30.0)]);
+        assert_eq!(
+            RssSummary::from_series(&s, 0.0),
+            RssSummary::from_series(&s, 2.0)
+        );
+        // No sample from 10% of the window on (the window ended before the sampler caught
+        // up): the last sample stands for the whole window, spread 0.
+        let r = RssSummary::from_series(&series(&[(0.0, 40.0), (0.25, 42.0)]), 10.0);
+        assert_eq!(r.min_after_rampup_mb, 42.0);
+        assert_eq!(r.max_after_rampup_mb, 42.0);
+        assert_eq!(r.spread_after_rampup_pct, 0.0);
+    }
+
+    #[test]
+    fn scenario_keeps_the_series_and_its_summary() {
+        let s = series(&[(0.0, 10.0), (1.0, 20.0), (2.0, 22.0)]);
+        let mut lat = vec![3000, 1000, 2000];
+        let sc = Scenario::new(
+            "x",
+            3,
+            0,
+            &mut lat,
+            3,
+            0,
+            2_000_000,
+            1.0,
+            vec![],
+            s.clone(),
+            2.0,
+        );
+        assert_eq!(sc.rss_start_mb, 10.0);
+        assert_eq!(sc.rss_max_mb, 22.0);
+        assert_eq!(sc.rss_end_mb, 22.0);
+        assert_eq!(sc.rss_series, s);
+        assert_eq!(sc.rss, RssSummary::from_series(&s, 2.0));
+        let json = serde_json::to_value(&sc).unwrap();
+        assert_eq!(json["rss_series"][1]["t_s"], 1.0);
+        assert_eq!(json["rss_series"][1]["mb"], 20.0);
+        assert!(json["rss"]["spread_after_rampup_pct"].is_number());
+        let report = Report::new(3, "max".into(), 6, false, None, Some(sc));
+        assert!(report.table().contains("RSS spread after ramp-up %"));
     }
 }
