@@ -1,5 +1,6 @@
 //! The load generator end to end with a small N: `reflex-bench` runs the passthrough baseline
-//! and the full router → enricher → actor chain on the real stack, and its report must be
+//! (three hops, the chain's topology) and the full router → enricher → actor chain on the real
+//! stack, and its report must be
 //! well-formed and its counts must add up. No timing assertions (figures go to BENCHMARKS.md).
 
 use std::process::Command;
@@ -43,7 +44,11 @@ fn reflex_bench_reports_every_event_of_baseline_and_full_pipeline() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["events"], events);
     for (name, workers) in [
-        ("baseline", vec!["passthrough"]),
+        // The baseline has the pipeline's topology: one passthrough hop per stage.
+        (
+            "baseline",
+            vec!["passthrough-1", "passthrough-2", "passthrough-3"],
+        ),
         ("pipeline", vec!["router", "enricher", "actor"]),
     ] {
         let s = &report[name];
@@ -95,6 +100,18 @@ fn reflex_bench_reports_every_event_of_baseline_and_full_pipeline() {
             "{name}"
         );
         assert!(n("peak_rss_mb") > 0.0, "{name}: VmHWM read: {s}");
+        // The RSS time series (the "flat while draining" check) is in the JSON, in time order,
+        // and its summary lies within it.
+        let series = s["rss_series"].as_array().expect("rss_series");
+        assert!(!series.is_empty(), "{name}: no RSS samples");
+        let times: Vec<f64> = series.iter().map(|p| p["t_s"].as_f64().unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{name}: {times:?}");
+        let mib: Vec<f64> = series.iter().map(|p| p["mb"].as_f64().unwrap()).collect();
+        let max = mib.iter().cloned().fold(f64::MIN, f64::max);
+        assert!(
+            (n("rss_max_mb") - max).abs() < 1e-6,
+            "{name}: rss_max_mb is the series' max"
+        );
     }
     let ratios = &report["ratios"];
     let b = report["baseline"]["throughput_eps"].as_f64().unwrap();
