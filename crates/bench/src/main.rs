@@ -9,7 +9,10 @@
 //! the summed `VmRSS` of the workers sampled every 250 ms over the measured window: its start,
 //! max, the values at 10/50/90% of the window and the spread `(max - min) / min` after the first
 //! 10% (the ramp-up while librdkafka's fetch queue and the in-flight window fill); `--json` also
-//! gets the whole series.
+//! gets the whole series. Under `scripts/stack.sh` it also reports the CPU of the broker and of
+//! Redis (their process groups, from `REFLEX_TEST_BROKER_PID` / `REFLEX_TEST_REDIS_PID`) in the
+//! same window: they share the two cores with the workers, so they bound what the workers can
+//! reach.
 //!
 //! In the same run it measures a **raw passthrough baseline** with the pipeline's topology:
 //! `--hops` processes of this binary started as `reflex-bench passthrough` (an rdkafka consume →
@@ -63,7 +66,7 @@ use reflex_core::headers::ce;
 use reflex_core::registry::RegistryClient;
 use reflex_testkit::{ce_headers, client_config, create_topics, unique};
 
-use crate::report::{Report, RssSample, Scenario, WorkerFigures};
+use crate::report::{Report, RssSample, Scenario, ServiceFigures, WorkerFigures};
 
 const POD_SCHEMA: &str = include_str!("../../../avro/k8s_pod_event.avsc");
 /// Events sent (and waited for) before measuring: group joins, connections, schema caches.
@@ -515,6 +518,11 @@ impl<'a> Ctx<'a> {
         let mut window_start = produce_started;
         let mut resume_us = None;
         let mut cpu_start: Vec<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
+        let services = stack_services();
+        let mut services_start: Vec<f64> = services
+            .iter()
+            .map(|(_, pgid)| group_cpu_seconds(*pgid))
+            .collect();
         let rss_samples = Arc::new(Mutex::new(Vec::<RssSample>::new()));
         let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
         let mut sampler = (!a.backlog)
@@ -549,6 +557,10 @@ impl<'a> Ctx<'a> {
             }
             resume_us = Some(resume);
             cpu_start = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
+            services_start = services
+                .iter()
+                .map(|(_, pgid)| group_cpu_seconds(*pgid))
+                .collect();
             sampler = Some(tokio::spawn(sample_rss(
                 pids.clone(),
                 rss_samples.clone(),
@@ -590,6 +602,15 @@ impl<'a> Ctx<'a> {
             }
         }
         let cpu_end: Vec<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
+        let services: Vec<ServiceFigures> = services
+            .iter()
+            .zip(&services_start)
+            .map(|((name, pgid), start)| ServiceFigures {
+                name: name.to_string(),
+                pgid: *pgid,
+                cpu_s: group_cpu_seconds(*pgid) - start,
+            })
+            .collect();
         if let Some(sampler) = sampler {
             sampler.abort();
         }
@@ -635,6 +656,7 @@ impl<'a> Ctx<'a> {
             per_worker,
             rss,
             window_s,
+            services,
         ))
     }
 
@@ -958,19 +980,51 @@ async fn sample_rss(pids: Vec<u32>, samples: Arc<Mutex<Vec<RssSample>>>, start: 
 
 /// utime + stime of `pid` (all its threads) in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
+    proc_stat(pid).map(|(_, cpu)| cpu).unwrap_or(0.0)
+}
+
+/// (process group, utime + stime seconds) of a process, from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(u32, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`, which may contain spaces: state is field 3, pgrp 5, utime 14,
+    // stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
+    let number = |i: usize| {
         fields
             .get(i)
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    (ticks(11) + ticks(12)) as f64 / clock_ticks() as f64
+    Some((
+        number(2) as u32,
+        (number(11) + number(12)) as f64 / clock_ticks() as f64,
+    ))
+}
+
+/// CPU seconds of every live process in process group `pgid` (a service and its children, e.g.
+/// noida-db's launcher and its server).
+fn group_cpu_seconds(pgid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|(group, _)| *group == pgid)
+        .map(|(_, cpu)| cpu)
+        .sum()
+}
+
+/// The broker and Redis that `scripts/stack.sh` started (their process groups), when the bench
+/// runs under it; an external cluster is not measured.
+fn stack_services() -> Vec<(&'static str, u32)> {
+    [
+        ("broker", "REFLEX_TEST_BROKER_PID"),
+        ("redis", "REFLEX_TEST_REDIS_PID"),
+    ]
+    .into_iter()
+    .filter_map(|(name, var)| Some((name, std::env::var(var).ok()?.parse().ok()?)))
+    .collect()
 }
 
 fn clock_ticks() -> u64 {

@@ -134,6 +134,22 @@ pub struct Scenario {
     /// Every sample of the window (every 250 ms).
     pub rss_series: Vec<RssSample>,
     pub workers: Vec<WorkerFigures>,
+    /// The stack's services on the same machine (broker, Redis; from `scripts/stack.sh`), CPU
+    /// in the same window: where the rest of the two cores go.
+    pub services: Vec<ServiceFigures>,
+    /// CPU seconds of the services in the window.
+    pub services_cpu_s: f64,
+    /// `services_cpu_s / received`, microseconds.
+    pub services_cpu_us_per_event: f64,
+}
+
+/// A service's share of a scenario (every process of its process group).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceFigures {
+    pub name: String,
+    /// Its process group (the leader `scripts/stack.sh` started).
+    pub pgid: u32,
+    pub cpu_s: f64,
 }
 
 impl Scenario {
@@ -150,6 +166,7 @@ impl Scenario {
         workers: Vec<WorkerFigures>,
         rss_series: Vec<RssSample>,
         rss_window_s: f64,
+        services: Vec<ServiceFigures>,
     ) -> Self {
         latencies_us.sort_unstable();
         let pct = |p: f64| -> f64 {
@@ -161,6 +178,14 @@ impl Scenario {
         };
         let elapsed_s = elapsed_us as f64 / 1e6;
         let cpu_s: f64 = workers.iter().map(|w| w.cpu_s).sum();
+        let services_cpu_s: f64 = services.iter().map(|s| s.cpu_s).sum();
+        let per_event = |cpu_s: f64| {
+            if received > 0 {
+                cpu_s * 1e6 / received as f64
+            } else {
+                0.0
+            }
+        };
         Scenario {
             name: name.to_string(),
             events,
@@ -182,11 +207,7 @@ impl Scenario {
                 max_ms: pct(1.0),
             },
             cpu_s,
-            cpu_us_per_event: if received > 0 {
-                cpu_s * 1e6 / received as f64
-            } else {
-                0.0
-            },
+            cpu_us_per_event: per_event(cpu_s),
             peak_rss_mb: workers.iter().map(|w| w.peak_rss_mb).sum(),
             rss_start_mb: rss_series.first().map(|s| s.mb).unwrap_or(0.0),
             rss_max_mb: rss_series.iter().map(|s| s.mb).fold(0.0, f64::max),
@@ -195,6 +216,9 @@ impl Scenario {
             rss: RssSummary::from_series(&rss_series, rss_window_s),
             rss_series,
             workers,
+            services_cpu_us_per_event: per_event(services_cpu_s),
+            services_cpu_s,
+            services,
         }
     }
 }
@@ -268,7 +292,7 @@ impl Report {
     /// The table: one row per figure, a column per scenario and the ratio.
     pub fn table(&self) -> String {
         let scenarios: Vec<&Scenario> = self.baseline.iter().chain(&self.pipeline).collect();
-        let rows: [Row; 20] = [
+        let rows: [Row; 21] = [
             ("events received", |s| s.received as f64, "{:.0}"),
             ("missing", |s| s.missing as f64, "{:.0}"),
             ("duplicates", |s| s.duplicates as f64, "{:.0}"),
@@ -280,6 +304,11 @@ impl Report {
             ("latency max ms", |s| s.latency.max_ms, "{:.1}"),
             ("worker CPU s", |s| s.cpu_s, "{:.2}"),
             ("CPU µs/event", |s| s.cpu_us_per_event, "{:.2}"),
+            (
+                "broker+Redis CPU µs/event",
+                |s| s.services_cpu_us_per_event,
+                "{:.2}",
+            ),
             ("peak RSS MiB (VmHWM)", |s| s.peak_rss_mb, "{:.1}"),
             ("RSS start MiB", |s| s.rss_start_mb, "{:.1}"),
             ("RSS max MiB", |s| s.rss_max_mb, "{:.1}"),
@@ -363,6 +392,20 @@ impl Report {
                         0.0
                     },
                     w.peak_rss_mb
+                ));
+            }
+            for v in &s.services {
+                out.push_str(&format!(
+                    "  {}: {} (process group {}) CPU {:.2} s = {:.2} µs/event\n",
+                    s.name,
+                    v.name,
+                    v.pgid,
+                    v.cpu_s,
+                    if s.received > 0 {
+                        v.cpu_s * 1e6 / s.received as f64
+                    } else {
+                        0.0
+                    }
                 ));
             }
         }
@@ -468,7 +511,20 @@ mod tests {
             vec![],
             s.clone(),
             2.0,
+            vec![
+                ServiceFigures {
+                    name: "broker".into(),
+                    pgid: 7,
+                    cpu_s: 0.25,
+                },
+                ServiceFigures {
+                    name: "redis".into(),
+                    pgid: 8,
+                    cpu_s: 0.05,
+                },
+            ],
         );
+        assert!((sc.services_cpu_us_per_event - 0.30e6 / 3.0).abs() < 1e-6);
         assert_eq!(sc.rss_start_mb, 10.0);
         assert_eq!(sc.rss_max_mb, 22.0);
         assert_eq!(sc.rss_end_mb, 22.0);
@@ -479,6 +535,11 @@ mod tests {
         assert_eq!(json["rss_series"][1]["mb"], 20.0);
         assert!(json["rss"]["spread_after_rampup_pct"].is_number());
         let report = Report::new(3, "max".into(), 6, false, None, Some(sc));
-        assert!(report.table().contains("RSS spread after ramp-up %"));
+        let table = report.table();
+        assert!(table.contains("RSS spread after ramp-up %"));
+        assert!(
+            table.contains("broker+Redis CPU µs/event")
+                && table.contains("broker (process group 7)")
+        );
     }
 }
