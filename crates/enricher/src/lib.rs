@@ -40,7 +40,6 @@ use minijinja::Value;
 use reflex_core::actions::{idempotency_key, ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
 use reflex_core::headers::{ce, reflex as rh};
 use reflex_core::registry::{RegistryClient, RegistryError};
-use reflex_core::wire::decode_frame;
 use reflex_core::ErrorClass;
 use reflex_runtime::{
     Event, KafkaSettings, Output, RegistrySettings, RuntimeSettings, Stage, StageError,
@@ -240,17 +239,7 @@ impl Enricher {
     /// selects it.
     async fn prepare<'e>(&self, event: &'e Event) -> Result<Option<Prepared<'e, '_>>, StageError> {
         event.require_cloudevent()?;
-        let value = event.payload.as_deref().ok_or_else(|| {
-            StageError::poison(
-                "record has no value (tombstone): expected an Avro event in Confluent wire format",
-            )
-        })?;
-        let framed = decode_frame(value).map_err(|e| StageError::poison(e.to_string()))?;
-        let schema = self
-            .registry
-            .schema_by_id(framed.schema_id)
-            .await
-            .map_err(|e| StageError::new(e.class(), e.to_string()))?;
+        let (framed, schema) = event.framed_value(&self.registry).await?;
         let payload = decode_payload(framed.datum, &schema.fast).map_err(|e| {
             StageError::new(
                 ErrorClass::Poison,

@@ -29,7 +29,6 @@ use reflex_core::headers::{ce, reflex as rh, Headers};
 use reflex_core::limits::RecordLimits;
 use reflex_core::registry::{RegistryClient, RegistryError};
 use reflex_core::signing::KeyRing;
-use reflex_core::wire::decode_frame;
 use reflex_core::{metrics as m, ErrorClass};
 use reflex_runtime::{
     Event, KafkaSettings, Output, RegistrySettings, RuntimeSettings, Stage, StageError,
@@ -449,17 +448,7 @@ impl Router {
                 self.max_hops
             )));
         }
-        let value = event.payload.as_deref().ok_or_else(|| {
-            StageError::poison(
-                "record has no value (tombstone): expected an Avro event in Confluent wire format",
-            )
-        })?;
-        let framed = decode_frame(value).map_err(|e| StageError::poison(e.to_string()))?;
-        let schema = self
-            .registry
-            .schema_by_id(framed.schema_id)
-            .await
-            .map_err(|e| StageError::new(e.class(), e.to_string()))?;
+        let (framed, schema) = event.framed_value(&self.registry).await?;
         if self.needs_payload {
             Ok(Some(
                 match &self.payload_fields {

@@ -1,8 +1,11 @@
 //! What a worker implements: a [`Stage`] turns one [`Event`] into zero or more [`Output`]s.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use reflex_core::registry::{RegisteredSchema, RegistryClient};
+use reflex_core::wire::{decode_frame, Framed};
 use reflex_core::{ErrorClass, Headers};
 use thiserror::Error;
 
@@ -33,6 +36,26 @@ impl Event {
             missing.join(", "),
             reflex_core::headers::ce::REQUIRED.join(", ")
         )))
+    }
+
+    /// The event's Confluent-framed value and the schema its id names (from `registry`'s
+    /// cache): the first step of every stage that reads payloads. A tombstone or a broken frame
+    /// is poison; an unknown or unreachable schema id has the registry error's class.
+    pub async fn framed_value(
+        &self,
+        registry: &RegistryClient,
+    ) -> Result<(Framed<'_>, Arc<RegisteredSchema>), StageError> {
+        let value = self.payload.as_deref().ok_or_else(|| {
+            StageError::poison(
+                "record has no value (tombstone): expected an Avro event in Confluent wire format",
+            )
+        })?;
+        let framed = decode_frame(value).map_err(|e| StageError::poison(e.to_string()))?;
+        let schema = registry
+            .schema_by_id(framed.schema_id)
+            .await
+            .map_err(|e| StageError::new(e.class(), e.to_string()))?;
+        Ok((framed, schema))
     }
 }
 
