@@ -388,10 +388,28 @@ async fn actor_rate_limit_holds_across_two_replicas() {
     let (a, b) = (unique("actor-a"), unique("actor-b"));
     let _a = spawn_actor(&stack, &group, &a, &t.input, &config, &log, &[]);
     let _b = spawn_actor(&stack, &group, &b, &t.input, &config, &log, &[]);
-    wait_for("both replicas assigned", Duration::from_secs(20), || {
-        read_log(&log).matches("partitions assigned").count() >= 2
-    })
-    .await;
+    // Each replica exports what it owns: wait until both own some and together all 4 (one
+    // replica alone, or a rebalance half done, does not pass).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut owned = Vec::new();
+        for addr in http_addresses(&log) {
+            let metrics = scrape(&addr).await;
+            owned.push(
+                metric_value(&metrics, "reflex_assigned_partitions{stage=\"actor\"}")
+                    .unwrap_or(0.0),
+            );
+        }
+        if owned.len() == 2 && owned.iter().all(|&n| n > 0.0) && owned.iter().sum::<f64>() == 4.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two replicas did not share the 4 partitions within 20 s (owned: {owned:?}); log:\n{}",
+            read_log(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let n = 480;
     let requests: Vec<ActionRequest> = (0..n).map(request).collect();

@@ -382,21 +382,13 @@ async fn a_retried_key_keeps_its_order_and_other_keys_are_never_blocked() {
         .all(|m| !header_str(m, "ce_id").unwrap().starts_with('B')));
     // Parking is visible in metrics, and the key is free again.
     let metrics_addr = http_address(&log).expect("the actor logs its http_listen address");
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&metrics_addr).await;
     assert!(
         metrics.contains("reflex_parked_keys{stage=\"actor\"} 0"),
         "{metrics}"
     );
-    let parked_events = metrics
-        .lines()
-        .find(|l| l.starts_with("reflex_parked_events_total{stage=\"actor\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap();
+    let parked_events =
+        metric_value(&metrics, "reflex_parked_events_total{stage=\"actor\"}").unwrap();
     assert!(parked_events >= 3.0, "{parked_events}");
     let mut redis = redis::Client::open(stack.redis_url.as_str())
         .unwrap()

@@ -296,10 +296,35 @@ pub fn span_service(span: &serde_json::Value) -> Option<&str> {
 
 /// The address a worker logged in its `serving /metrics ...` line (JSON logs).
 pub fn http_address(log: &Path) -> Option<String> {
-    read_log(log).lines().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        v.get("http_listen")?.as_str().map(str::to_string)
-    })
+    http_addresses(log).into_iter().next()
+}
+
+/// Every such address in `log`, in order: one per worker process writing to it.
+pub fn http_addresses(log: &Path) -> Vec<String> {
+    read_log(log)
+        .lines()
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            v.get("http_listen")?.as_str().map(str::to_string)
+        })
+        .collect()
+}
+
+/// The `/metrics` text of the worker serving at `addr` (empty when it does not answer).
+pub async fn scrape(addr: &str) -> String {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the sample whose line starts with `series` (its name and labels, e.g.
+/// `reflex_parked_keys{stage="actor"}`).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 // ---------------------------------------------------------------- an HTTP target API
