@@ -404,12 +404,7 @@ async fn replay_by_class_dry_run_rate_and_exactly_once_effects() {
 async fn wait_until_async_dedup(addr: &str, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(addr).await;
         let hits: f64 = text
             .lines()
             .filter(|l| l.starts_with("reflex_dedup_hits_total"))

@@ -39,12 +39,7 @@ fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 
 async fn metrics_of(log: &std::path::Path) -> String {
     let addr = http_address(log).unwrap_or_else(|| panic!("no http_listen in {}", read_log(log)));
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    scrape(&addr).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

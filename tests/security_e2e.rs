@@ -49,12 +49,7 @@ async fn metrics_text(log: &std::path::Path) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let addr = addr.expect("worker logged its /metrics address");
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    scrape(&addr).await
 }
 
 fn assert_no_secret(what: &str, text: &str) {
