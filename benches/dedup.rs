@@ -4,7 +4,10 @@
 //! - `claim_batch_1000`: `Store::claim_batch`, one pipeline (one round trip) per 1000 claims;
 //! - `claim_concurrent_256`: single `Store::claim` calls, 256 in flight on the one multiplexed
 //!   connection (how the actor's key lanes use it);
-//! - `claim_awaited_one_by_one`: one awaited call per claim (the pattern to avoid; reference).
+//! - `claim_awaited_one_by_one`: one awaited call per claim (the pattern to avoid; reference);
+//! - `claim_and_done_batches_of_64`: the actor's whole Redis cost per request since batching:
+//!   per lane batch (`runtime.batch_max` = 64) one `claim_batch` and one `done_batch` (a
+//!   ~200-byte outcome each), batches one after another.
 //!
 //! Run: `cargo bench --bench dedup`. Target (issue 7): ≥ 100k claims/s.
 
@@ -87,6 +90,31 @@ fn benches(c: &mut Criterion) {
                             async {}
                         })
                         .await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    let outcome = format!(
+        r#"{{"result":"SUCCEEDED","worker":"bench","attempt":1,"pad":"{}"}}"#,
+        "x".repeat(140)
+    );
+    g.bench_function("claim_and_done_batches_of_64", |b| {
+        b.iter_custom(|iters| {
+            let batches: Vec<Vec<String>> = (0..iters).map(|_| keys(&counter)).collect();
+            rt.block_on(async {
+                let start = Instant::now();
+                for k in &batches {
+                    for chunk in k.chunks(64) {
+                        let claims: Vec<(&str, &str)> =
+                            chunk.iter().map(|k| (k.as_str(), owner.as_str())).collect();
+                        store.claim_batch(&claims, LEASE).await.unwrap();
+                        let done: Vec<(&str, &str, &str)> = chunk
+                            .iter()
+                            .map(|k| (k.as_str(), owner.as_str(), outcome.as_str()))
+                            .collect();
+                        store.done_batch(&done, LEASE).await.unwrap();
+                    }
                 }
                 start.elapsed()
             })
