@@ -9,8 +9,10 @@
 //!   and only as part of a contiguous prefix ([`offsets::OffsetTracker`]). librdkafka commits the
 //!   stored offsets periodically, on rebalance and at shutdown.
 //! - **Per-key order with concurrency.** Events are spread over key lanes by a hash of their key
-//!   (or of their partition when they have none); a lane processes and enqueues its events
-//!   strictly in offset order, while different lanes work concurrently.
+//!   (or of their partition when they have none); events of one key are processed and enqueued
+//!   strictly in offset order, while different keys and lanes work concurrently. A lane hands
+//!   the stage what is already queued as a batch of distinct keys ([`Stage::process_batch`],
+//!   at most `runtime.batch_max`), so stages can share round trips.
 //! - **Bounded memory.** At most `runtime.max_in_flight` events are in flight; at the limit the
 //!   loop stops taking records until one finishes (librdkafka's fetch queue is bounded by
 //!   `kafka.fetch_queue_kbytes`); if that lasts 5 s it pauses its partitions (it keeps polling,
