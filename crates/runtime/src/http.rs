@@ -42,7 +42,7 @@ const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs
 
 /// The process-wide Prometheus recorder (installed once; later calls reuse it).
 ///
-/// A thread runs the recorder's upkeep every [`METRICS_UPKEEP_EVERY`]: `install_recorder`
+/// A thread runs the recorder's upkeep every 5 s (`METRICS_UPKEEP_EVERY`): `install_recorder`
 /// leaves that to the caller, and without it every histogram sample (one per event) was kept
 /// until the next scrape, so a worker nobody scraped grew without bound (measured: +97 MiB
 /// over a 5M-event drain).
