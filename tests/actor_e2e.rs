@@ -116,33 +116,6 @@ fn request(i: usize) -> ActionRequest {
     }
 }
 
-/// Publishes the requests (keyed by idempotency key) and waits for every ack.
-async fn publish(
-    stack: &Stack,
-    topic: &str,
-    codec: &AvroCodec<ActionRequest>,
-    requests: &[ActionRequest],
-) {
-    let producer = producer(&stack.bootstrap);
-    let values: Vec<Vec<u8>> = requests.iter().map(|r| codec.encode(r).unwrap()).collect();
-    let sends = requests.iter().zip(&values).map(|(r, v)| {
-        producer.send(
-            FutureRecord::to(topic)
-                .key(&r.idempotency_key)
-                .payload(v)
-                .headers(ce_headers(
-                    &r.event_id,
-                    "dev.reflex.action.requested",
-                    "test/actor",
-                )),
-            Timeout::After(Duration::from_secs(30)),
-        )
-    });
-    for result in futures::future::join_all(sends).await {
-        result.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
-    }
-}
-
 fn decode_outcome(m: &OwnedMessage) -> ActionOutcome {
     thread_local! {
         static SCHEMA: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
@@ -242,7 +215,7 @@ async fn actor_executes_each_key_once_despite_duplicates_and_replays() {
             batch.push(request(i));
         }
     }
-    publish(&stack, &t.input, &codec, &batch).await;
+    publish_requests(&stack, &t.input, &codec, &batch).await;
     let keys: HashSet<String> = (0..800).map(|i| request(i).idempotency_key).collect();
     wait_for("the first pass", Duration::from_secs(40), || {
         target.effects() >= 800
@@ -250,7 +223,7 @@ async fn actor_executes_each_key_once_despite_duplicates_and_replays() {
     .await;
     // A replay of 100 earlier requests (as the dead-letter reprocessor would do).
     let replay: Vec<ActionRequest> = (0..800).filter(|i| i % 8 == 4).map(request).collect();
-    publish(&stack, &t.input, &codec, &replay).await;
+    publish_requests(&stack, &t.input, &codec, &replay).await;
 
     let expected_outcomes = batch.len() + replay.len();
     let messages = read_topic(
@@ -321,7 +294,7 @@ async fn actor_killed_mid_flight_recovers_with_exactly_once_effects() {
 
     let requests: Vec<ActionRequest> = (0..500).map(request).collect();
     let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
-    publish(&stack, &t.input, &codec, &requests).await;
+    publish_requests(&stack, &t.input, &codec, &requests).await;
     wait_for("some effects", Duration::from_secs(30), || {
         target.effects() >= 100
     })
@@ -414,7 +387,7 @@ async fn actor_rate_limit_holds_across_two_replicas() {
     let n = 480;
     let requests: Vec<ActionRequest> = (0..n).map(request).collect();
     let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
-    publish(&stack, &t.input, &codec, &requests).await;
+    publish_requests(&stack, &t.input, &codec, &requests).await;
     wait_for("all effects", Duration::from_secs(45), || {
         target.effects() >= n
     })
@@ -480,7 +453,7 @@ async fn actor_breaker_opens_on_503_pauses_and_recovers() {
     let _actor = spawn_actor(&stack, &unique("actor"), "", &t.input, &config, &log, &env);
     let requests: Vec<ActionRequest> = (0..200).map(request).collect();
     let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
-    publish(&stack, &t.input, &codec, &requests).await;
+    publish_requests(&stack, &t.input, &codec, &requests).await;
 
     wait_for(
         "the breaker to open and the partitions to pause",
@@ -562,7 +535,7 @@ async fn actor_kill_switch_stops_within_two_seconds_and_resumes() {
     let _actor = spawn_actor(&stack, &unique("actor"), "", &t.input, &config, &log, &[]);
     let requests: Vec<ActionRequest> = (0..400).map(request).collect();
     let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
-    publish(&stack, &t.input, &codec, &requests).await;
+    publish_requests(&stack, &t.input, &codec, &requests).await;
     wait_for("some effects", Duration::from_secs(30), || {
         target.effects() >= 50
     })
@@ -705,11 +678,11 @@ message = "noted {{{{ params.pod }}}}"
         .flatten()
         .cloned()
         .collect();
-    publish(&stack, &t.input, &codec, &all).await;
+    publish_requests(&stack, &t.input, &codec, &all).await;
     for r in &chain {
         publish_with_header(&stack, &t.input, &codec, r, ("reflex-hops", "1")).await;
     }
-    publish(&stack, &t.input, &codec, &[named(40, "nope")]).await;
+    publish_requests(&stack, &t.input, &codec, &[named(40, "nope")]).await;
     publish_with_header(&stack, &t.input, &codec, &request(41), ("reflex-hops", "4")).await;
 
     let keys: HashSet<String> = all
@@ -855,7 +828,7 @@ blast_radius_window_ms = 600000
     }
     let capped: Vec<ActionRequest> = (300..310).map(|i| named(i, "capped")).collect();
     batch.extend(capped.iter().cloned());
-    publish(&stack, &t.input, &codec, &batch).await;
+    publish_requests(&stack, &t.input, &codec, &batch).await;
     let mut keys: HashSet<String> = (0..200).map(|i| request(i).idempotency_key).collect();
     let http_keys = keys.clone();
     keys.extend(capped.iter().map(|r| r.idempotency_key.clone()));

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 use reflex_core::actions::{ActionKind, ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
 use reflex_core::headers::{ce, reflex as rh};
@@ -302,24 +301,7 @@ max_attempts = 1
     let codec = AvroCodec::<ActionRequest>::new(id, ACTION_REQUEST_SCHEMA).unwrap();
     let refused = request("refused-1", "http://not-approved.example:80/act/p1".into());
     let allowed = request("allowed-1", format!("http://{addr}/act/p2"));
-    let producer = producer(&stack.bootstrap);
-    for r in [&refused, &allowed] {
-        let value = codec.encode(r).unwrap();
-        producer
-            .send(
-                FutureRecord::to(&input)
-                    .key(&r.idempotency_key)
-                    .payload(&value)
-                    .headers(ce_headers(
-                        &r.event_id,
-                        "dev.reflex.action.requested",
-                        "test",
-                    )),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
-    }
+    publish_requests(&stack, &input, &codec, &[refused.clone(), allowed.clone()]).await;
     let dead = read_topic_until(
         &stack.bootstrap,
         &dlq,

@@ -14,10 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::producer::FutureRecord;
-use reflex_testkit::{
-    ce_headers, create_topics, producer, read_topic_until, stack, unique, ChildGuard,
-};
+use reflex_testkit::{create_topics, read_topic_until, stack, unique, ChildGuard};
 
 const URL_SECRET: &str = "tls-url-S3CR3T-9876";
 
@@ -264,17 +261,7 @@ async fn actor_uses_rediss_and_https_with_a_private_ca() {
 
     let codec = action_request_codec(&stack, &input).await;
     let request = action_request("tls-1", "pod-a");
-    let value = codec.encode(&request).unwrap();
-    producer(&stack.bootstrap)
-        .send(
-            FutureRecord::to(&input)
-                .key(&request.idempotency_key)
-                .payload(&value)
-                .headers(ce_headers("tls-1", "dev.reflex.action.requested", "test")),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    publish_requests(&stack, &input, &codec, std::slice::from_ref(&request)).await;
     let done = read_topic_until(
         &stack.bootstrap,
         &outcomes,

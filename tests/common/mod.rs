@@ -620,6 +620,35 @@ pub async fn action_request_codec(stack: &Stack, topic: &str) -> AvroCodec<Actio
     AvroCodec::new(id, ACTION_REQUEST_SCHEMA).unwrap()
 }
 
+/// Publishes action requests to `topic` (Avro with `codec`, keyed by their idempotency key,
+/// CloudEvents headers with `ce_id` = the request's event id), every send acknowledged.
+pub async fn publish_requests(
+    stack: &Stack,
+    topic: &str,
+    codec: &AvroCodec<ActionRequest>,
+    requests: &[ActionRequest],
+) {
+    use rdkafka::producer::FutureRecord;
+    let producer = reflex_testkit::producer(&stack.bootstrap);
+    let values: Vec<Vec<u8>> = requests.iter().map(|r| codec.encode(r).unwrap()).collect();
+    let sends = requests.iter().zip(&values).map(|(r, v)| {
+        producer.send(
+            FutureRecord::to(topic)
+                .key(&r.idempotency_key)
+                .payload(v)
+                .headers(reflex_testkit::ce_headers(
+                    &r.event_id,
+                    "dev.reflex.action.requested",
+                    "test/actor",
+                )),
+            Duration::from_secs(30),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
 /// An actor config file with one `restart` HTTP action against `addr` (`/act/<pod>`), one
 /// attempt per delivery, a unique Redis prefix, and `extra` TOML lines in the action table.
 pub fn restart_actor_config(
