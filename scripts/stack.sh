@@ -78,11 +78,18 @@ spawn() { # log-name command...
   local log="$WORK/$1.log"; shift
   setsid "$@" > "$log" 2>&1 &
   PIDS+=($!)
+  disown "$!"
+}
+any_alive() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done
+  return 1
 }
 cleanup() {
-  local code=$?
+  local code=$? pid
   for pid in "${PIDS[@]}"; do kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true; done
-  sleep 0.3
+  # Kafka shuts down cleanly within a few seconds; whatever is left after 5 s is killed.
+  for _ in $(seq 50); do any_alive || break; sleep 0.1; done
   for pid in "${PIDS[@]}"; do kill -9 -- "-$pid" 2>/dev/null || true; done
   [[ -n "${WORK:-}" && -z "${REFLEX_STACK_KEEP:-}" ]] && rm -rf "$WORK"
   exit "$code"

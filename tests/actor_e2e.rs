@@ -20,7 +20,7 @@ use reflex_core::actions::{
 };
 use reflex_testkit::{
     ce_headers, create_topics, header_str, producer, read_topic, read_topic_until, stack, unique,
-    Stack,
+    ChildGuard, Stack,
 };
 
 // ---------------------------------------------------------------- requests and outcomes
@@ -340,6 +340,129 @@ async fn actor_killed_mid_flight_recovers_with_exactly_once_effects() {
     eprintln!(
         "t2: killed after {at_kill} effects; 500 keys, 500 effects; {repeated} keys re-requested after the crash (deduped by the target); workers {workers:?}"
     );
+}
+
+/// What one replica owns, from its own `/metrics` (its log names the address).
+async fn assigned_partitions(log: &Path) -> f64 {
+    match http_address(log) {
+        Some(addr) => metric_value(
+            &scrape(&addr).await,
+            "reflex_assigned_partitions{stage=\"actor\"}",
+        )
+        .unwrap_or(0.0),
+        None => 0.0,
+    }
+}
+
+/// Two dynamic replicas (no group.instance.id, as a Kubernetes Deployment runs them); one is
+/// SIGKILLed mid-stream, so it never leaves the group: the broker must expire its session and
+/// hand its partitions to the survivor. Then it is restarted as a new member. Every action
+/// takes effect exactly once.
+async fn dynamic_replica_sigkilled_mid_stream(protocol: &str) {
+    const PARTITIONS: f64 = 4.0;
+    // The group session: the workers' setting with the classic protocol (tests/common), the
+    // broker's group.consumer.session.timeout.ms with KIP-848 (ops/kafka/server.properties).
+    const SESSION: Duration = Duration::from_secs(6);
+    let stack = stack();
+    let t = topics(&stack, PARTITIONS as i32).await;
+    let codec = action_request_codec(&stack, &t.input).await;
+    let (target, addr) = Target::start().await;
+    target.latency_ms.store(20, Ordering::Relaxed);
+    let config = write_config(&unique("reflex-t-dyn"), &t, addr, "", "");
+    let group = unique("actor-dyn");
+    let spawn = |log: &Path| {
+        let mut command = actor_command(&stack, &group, "", &t.input, &config, log);
+        command.env("REFLEX_KAFKA__GROUP_PROTOCOL", protocol);
+        if protocol == "consumer" {
+            // The broker owns the session timeout under KIP-848; the worker refuses this setting.
+            command.env_remove("REFLEX_KAFKA__SESSION_TIMEOUT_MS");
+        }
+        ChildGuard::spawn("reflex-actor", &mut command)
+    };
+    let (log_a, log_b, log_c) = (
+        log_path("actor-dyn-a"),
+        log_path("actor-dyn-b"),
+        log_path("actor-dyn-c"),
+    );
+    let mut a = spawn(&log_a);
+    let _b = spawn(&log_b);
+    let logs = || format!("A:\n{}\nB:\n{}", read_log(&log_a), read_log(&log_b));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (na, nb) = (
+            assigned_partitions(&log_a).await,
+            assigned_partitions(&log_b).await,
+        );
+        if na > 0.0 && nb > 0.0 && na + nb == PARTITIONS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not share the partitions ({na} + {nb}); {}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let requests: Vec<ActionRequest> = (0..600).map(request).collect();
+    let keys: HashSet<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
+    publish_requests(&stack, &t.input, &codec, &requests).await;
+    wait_for("some effects", Duration::from_secs(30), || {
+        target.effects() >= 150
+    })
+    .await;
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    let at_kill = target.effects();
+    let takeover = loop {
+        if assigned_partitions(&log_b).await == PARTITIONS {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the survivor never owned all {PARTITIONS} partitions after the SIGKILL; {}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The session expires within SESSION of the last heartbeat; the survivor learns of the
+    // rebalance at its next heartbeat and takes the partitions over (2 s of margin for both,
+    // on a loaded 2-core machine).
+    assert!(
+        takeover <= SESSION + Duration::from_secs(2),
+        "{protocol}: the survivor owned every partition only {takeover:?} after the SIGKILL (session {SESSION:?})"
+    );
+    let _c = spawn(&log_c);
+    let outcomes = read_outcomes(&stack, &t.outcomes, &keys, Duration::from_secs(60)).await;
+    for key in &keys {
+        assert!(
+            outcomes.iter().any(|(o, last)| *last
+                && o.idempotency_key == *key
+                && matches!(
+                    o.result,
+                    ActionResult::Succeeded | ActionResult::DuplicateSuppressed
+                )),
+            "{key} has no successful final outcome; {}",
+            logs()
+        );
+    }
+    assert_each_key_applied_once(&target, &keys, &log_b);
+    let repeated = target.snapshot().values().filter(|(r, _)| *r > 1).count();
+    eprintln!(
+        "{protocol}: killed after {at_kill} effects; survivor owned all partitions {takeover:?} after the SIGKILL; \
+         600 keys, 600 effects; {repeated} keys requested again after the crash (deduplicated)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_replica_sigkilled_mid_stream_classic_protocol() {
+    dynamic_replica_sigkilled_mid_stream("classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_replica_sigkilled_mid_stream_consumer_protocol() {
+    dynamic_replica_sigkilled_mid_stream("consumer").await;
 }
 
 /// Two replicas share one fleet-wide rate limit through Redis; measured at the target.

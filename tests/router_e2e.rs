@@ -395,7 +395,7 @@ async fn sigkill_mid_stream_never_commits_past_an_unacknowledged_output() {
     }
 
     // A static member (group.instance.id), as a StatefulSet pod restarts: the restarted process
-    // takes its partitions back at once. (noida-db never evicts a dead dynamic member.)
+    // takes its partitions back at once. Dynamic members: tests/actor_e2e.rs.
     let group = unique("router");
     let instance = unique("router-0");
     let log = std::env::temp_dir().join(unique("router-log"));

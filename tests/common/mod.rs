@@ -232,14 +232,27 @@ pub fn spawn_actor(
     log: &Path,
     extra_env: &[(&str, &str)],
 ) -> ChildGuard {
+    let mut command = actor_command(stack, group, instance, input, config, log);
+    command.envs(extra_env.iter().copied());
+    ChildGuard::spawn("reflex-actor", &mut command)
+}
+
+/// The command [`spawn_actor`] runs, for a test that changes more than the environment.
+pub fn actor_command(
+    stack: &Stack,
+    group: &str,
+    instance: &str,
+    input: &str,
+    config: &Path,
+    log: &Path,
+) -> Command {
     let mut command = worker_command("reflex-actor", stack, group, instance, input, log);
     command
         .arg("--config")
         .arg(config)
         .env("REFLEX_RUNTIME__WORKER_ID", instance)
-        .env("REFLEX_ACTOR__REDIS_URL", &stack.redis_url)
-        .envs(extra_env.iter().copied());
-    ChildGuard::spawn("reflex-actor", &mut command)
+        .env("REFLEX_ACTOR__REDIS_URL", &stack.redis_url);
+    command
 }
 
 /// An OTLP/HTTP (JSON) receiver on a free port: returns its base URL and every span exported

@@ -65,15 +65,21 @@ pub struct KafkaSettings {
     pub group_instance_id: String,
     /// Topics this worker consumes.
     pub input_topics: Vec<String>,
-    /// librdkafka's `partition.assignment.strategy`: `cooperative-sticky` (default; a rebalance
-    /// moves only the partitions that change owner) or an eager one, `range` or `roundrobin`
-    /// (every member gives up everything on each rebalance). Eager is the fallback for brokers
-    /// whose incremental rebalancing is unreliable (RELIABILITY.md, finding 4).
-    pub assignment_strategy: String,
+    /// Consumer-group protocol: `classic` (the default; the client runs the assignment and
+    /// chooses the session timeout) or `consumer` (KIP-848, Kafka 4.0+: the broker assigns
+    /// partitions incrementally and owns the session timeout, `group.consumer.session.timeout.ms`
+    /// on the broker). With `consumer`, `session_timeout_ms` and `assignment_strategy` must stay
+    /// unset: the worker refuses to start otherwise.
+    pub group_protocol: GroupProtocol,
+    /// Classic protocol only: librdkafka's `partition.assignment.strategy`. Unset means
+    /// `cooperative-sticky` (a rebalance moves only the partitions that change owner); `range`
+    /// and `roundrobin` are eager (every member gives up everything on each rebalance).
+    pub assignment_strategy: Option<AssignmentStrategy>,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
-    /// Group session timeout; a member silent this long is removed and its partitions reassigned.
-    pub session_timeout_ms: u32,
+    /// Classic protocol only: the group session timeout; a member silent this long is removed
+    /// and its partitions reassigned. Unset means 45000.
+    pub session_timeout_ms: Option<u32>,
     /// Longest gap between polls before the member is considered stuck.
     pub max_poll_interval_ms: u32,
     /// How often stored (safe) offsets are committed.
@@ -87,6 +93,39 @@ pub struct KafkaSettings {
     pub consumer_properties: BTreeMap<String, String>,
     /// Extra librdkafka properties for the producer only.
     pub producer_properties: BTreeMap<String, String>,
+}
+
+/// Consumer-group protocol (`kafka.group_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The classic group protocol: client-side assignment, client-chosen session timeout.
+    Classic,
+    /// KIP-848: the broker runs the assignment and owns the session timeout.
+    Consumer,
+}
+
+/// Partition assignment of the classic protocol (`kafka.assignment_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssignmentStrategy {
+    /// Incremental: only partitions that change owner move.
+    CooperativeSticky,
+    /// Eager, contiguous ranges per topic.
+    Range,
+    /// Eager, round robin over all partitions.
+    Roundrobin,
+}
+
+impl AssignmentStrategy {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CooperativeSticky => "cooperative-sticky",
+            Self::Range => "range",
+            Self::Roundrobin => "roundrobin",
+        }
+    }
 }
 
 /// Settings of the shared loop.

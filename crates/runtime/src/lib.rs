@@ -33,6 +33,7 @@
 //! - **Graceful drain.** On SIGTERM the loop stops taking events, finishes what is in flight
 //!   within `runtime.drain_grace_ms` (keep it below the session timeout), commits and leaves.
 
+pub mod client_config;
 pub mod config;
 pub mod dead_letter;
 pub mod http;
@@ -45,6 +46,9 @@ pub mod telemetry;
 pub mod trace;
 pub mod worker;
 
-pub use config::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
+pub use config::{
+    AssignmentStrategy, GroupProtocol, KafkaSettings, RegistrySettings, RuntimeSettings,
+    TelemetrySettings,
+};
 pub use run::{headers_of, run, to_kafka_headers, RuntimeError};
 pub use stage::{Event, Output, Stage, StageError};

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -22,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::client_config::{consumer_config, producer_config, ClientConfigError};
 use crate::config::{KafkaSettings, RuntimeSettings};
 use crate::dead_letter::{dead_letter, FailureContext};
 use crate::http::{serve as serve_http, Health};
@@ -41,6 +41,8 @@ const BACKPRESSURE_PAUSE_AFTER: Duration = Duration::from_secs(5);
 pub enum RuntimeError {
     #[error("invalid Kafka client settings: {0} (check the [kafka] section and its properties)")]
     Setup(KafkaError),
+    #[error("invalid Kafka settings: {0}")]
+    Kafka(#[from] ClientConfigError),
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
         topics: Vec<String>,
@@ -128,7 +130,7 @@ pub async fn run<S: Stage>(
         None
     };
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let consumer: StreamConsumer<RuntimeContext> = consumer_config(kafka, &worker_id)
+    let consumer: StreamConsumer<RuntimeContext> = consumer_config(kafka, &worker_id)?
         .create_with_context(RuntimeContext {
             tracker: tracker.clone(),
             health: health.clone(),
@@ -980,56 +982,6 @@ pub fn to_kafka_headers(headers: &Headers) -> OwnedHeaders {
                 value: h.value.as_deref(),
             })
         })
-}
-
-fn consumer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("client.id", client_id)
-        .set("group.id", &kafka.group_id)
-        .set("partition.assignment.strategy", &kafka.assignment_strategy)
-        .set("enable.auto.commit", "true")
-        // Offsets are stored by the runtime only once an event's outputs are acknowledged.
-        .set("enable.auto.offset.store", "false")
-        .set(
-            "auto.commit.interval.ms",
-            kafka.commit_interval_ms.to_string(),
-        )
-        .set("auto.offset.reset", &kafka.auto_offset_reset)
-        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
-        .set(
-            "max.poll.interval.ms",
-            kafka.max_poll_interval_ms.to_string(),
-        )
-        .set(
-            "queued.max.messages.kbytes",
-            kafka.fetch_queue_kbytes.to_string(),
-        );
-    if !kafka.group_instance_id.is_empty() {
-        config.set("group.instance.id", &kafka.group_instance_id);
-    }
-    for (k, v) in kafka.properties.iter().chain(&kafka.consumer_properties) {
-        config.set(k, v);
-    }
-    config
-}
-
-fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("client.id", client_id)
-        // Idempotence keeps per-partition order and no duplicates across librdkafka's retries.
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        // The Java client's partitioner, so keys land where Java/Kafka Streams producers put them.
-        .set("partitioner", "murmur2_random");
-    for (k, v) in kafka.properties.iter().chain(&kafka.producer_properties) {
-        config.set(k, v);
-    }
-    config
 }
 
 /// Forgets revoked partitions so late acks never store offsets for partitions we lost.
