@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -125,12 +126,13 @@ def target_mode(job, mode, delay_ms=None):
 
 
 class Scenario:
-    """name, what it injects, replicas per stage, the fault (run in its own thread), and whether
-    the replicas use static membership (group.instance.id)."""
+    """name, what it injects, replicas per stage, the fault (run in its own thread) and extra
+    worker environment. Replicas are dynamic group members (no group.instance.id), as a
+    Kubernetes Deployment runs them."""
 
-    def __init__(self, name, doc, fault, replicas=None, static_ids=True, env=None):
+    def __init__(self, name, doc, fault, replicas=None, env=None):
         self.name, self.doc, self.fault, self.replicas = name, doc, fault, replicas or {}
-        self.static_ids, self.env = static_ids, env or {}
+        self.env = env or {}
 
 
 def warm_up(job, share=0.25):
@@ -195,13 +197,40 @@ def fault_storm(job, opts):
     job.wait_ready(added)
     settled = [wait_settled(job, stage, want)]
     time.sleep(5 * opts.pace)
-    # Scaled down one replica at a time, each once the group has settled (what a rolling
-    # scale-down does; noida-db loses partitions when members leave during a rebalance).
+    # Scaled down one replica at a time, each once the group has settled (a rolling scale-down;
+    # scale-down shows all at once).
     for i in (4, 3, 2):
         job.remove(f"{stage}#{i}")
         settled.append(wait_settled(job, stage, want))
     job.fault_note = (f"{stage} scaled 1 -> 4 -> 1 (dynamic members, SIGTERM one at a time); "
                       f"{sum(settled)}/{len(settled)} rebalances settled within 60 s")
+
+
+def fault_scale_down(job, opts):
+    warm_up(job)
+    stage = "actor"
+    want = input_partitions(job, stage)
+    # Three of the four replicas SIGTERMed at the same moment: each drains and leaves while the
+    # others' rebalance is still running.
+    leaving = [k for k in sorted(job.workers) if job.stage(k) == stage and k != stage]
+    threads = [threading.Thread(target=job.remove, args=(k,)) for k in leaving]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    settled = wait_settled(job, stage, want)
+    job.fault_note = (f"{stage} scaled {len(leaving) + 1} -> 1 at once (SIGTERM to {', '.join(leaving)}); "
+                      f"the survivor {'owned' if settled else 'did NOT own'} all {want} partitions within 60 s")
+
+
+def fault_broker_restart(job, opts):
+    warm_up(job)
+    port = port_of("//" + os.environ["REFLEX_TEST_BOOTSTRAP"])
+    stop_group(stack_pid("BROKER"), signal.SIGKILL)  # a crash: only what reached the log survives
+    time.sleep(opts.outage / 3)
+    start_service("broker", [os.environ["REFLEX_TEST_BROKER_RUN"]])  # same log directory
+    wait_port(port, timeout=90)
+    job.fault_note = f"broker SIGKILLed, restarted on its log directory after {opts.outage / 3:g} s"
 
 
 def fault_broker_freeze(job, opts):
@@ -260,16 +289,13 @@ def fault_target_timeout(job, opts):
 
 
 SCENARIOS = [
-    Scenario("sigkill", "SIGKILL of random replicas (2 per stage, static ids), each restarted",
+    # A SIGKILLed member sends no LeaveGroup: the broker expires its session (10 s, main_job's
+    # worker settings) and hands its partitions to the others; the restarted one joins as new.
+    Scenario("sigkill", "SIGKILL of random dynamic replicas (2 per stage), each restarted",
              fault_sigkill, {"router": 2, "enricher": 2, "actor": 2}),
-    # Dynamic members: a replica that is scaled down leaves the group at once (LeaveGroup on
-    # close), where a static one would keep its partitions until its session times out, and
-    # noida-db never expires a departed static member. Nobody is SIGKILLed in this scenario.
-    # noida-db also waits out the whole rebalance timeout (librdkafka sends max.poll.interval.ms,
-    # 300 s by default) when a member leaves while a rebalance is in progress; 30 s keeps the
-    # stall short. Apache Kafka completes the rebalance on the LeaveGroup.
-    Scenario("storm", "rebalance storm: actor replicas 1 -> 4 -> 1", fault_storm, static_ids=False,
-             env={"REFLEX_KAFKA__MAX_POLL_INTERVAL_MS": "30000"}),
+    Scenario("storm", "rebalance storm: actor replicas 1 -> 4 -> 1, one at a time", fault_storm),
+    Scenario("scale-down", "actor replicas 4 -> 1 at once", fault_scale_down, {"actor": 4}),
+    Scenario("broker-restart", "broker SIGKILLed and restarted on the same data", fault_broker_restart),
     Scenario("broker-freeze", "broker SIGSTOP then SIGCONT", fault_broker_freeze),
     Scenario("redis-restart", "Redis killed and restarted (AOF on)", fault_redis_restart),
     Scenario("redis-down", "Redis unavailable for a while", fault_redis_down),
@@ -342,7 +368,6 @@ def run_scenario(sc, opts, logs_root):
     job = Job(args)
     job.logs.mkdir(parents=True, exist_ok=True)
     job.replicas = sc.replicas
-    job.static_ids = sc.static_ids  # noida-db never evicts a dead (SIGKILLed) dynamic member
     job.state_url = args.redis  # parked keys in Redis, shared by the replicas
     job.repeats_allowed = True
     job.supervise = True  # a worker that stops on a fatal error is restarted, as in production

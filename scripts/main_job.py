@@ -479,11 +479,9 @@ class Job:
         self.interrupts = 0
         self.interval = 1.0
         self.target_port = args.target_port
-        # For the fault suite (scripts/fault_suite.py): replicas per stage, static membership,
-        # a fault thread, and an oracle of the events the rules drop (counters of killed
+        # For the fault suite (scripts/fault_suite.py): replicas per stage, a fault thread, and an oracle of the events the rules drop (counters of killed
         # replicas are lost, so the workers' own drop counts cannot be used then).
         self.replicas = {}
-        self.static_ids = False
         self.state_url = ""
         self.fault = None
         self.fault_thread = None
@@ -589,11 +587,7 @@ class Job:
     def spawn(self, name, replica):
         """Start replica `replica` (1-based) of stage `name`; replica 1 is keyed by the stage name."""
         key = name if replica == 1 else f"{name}#{replica}"
-        wenv = dict(self.env[name])
-        if self.static_ids:
-            # Static membership: noida-db never evicts a dead dynamic member.
-            wenv["REFLEX_KAFKA__GROUP_INSTANCE_ID"] = f"{name}-{replica}"
-        w = Worker(key, self.specs[name], wenv, self.logs / f"{key.replace('#', '-')}.log")
+        w = Worker(key, self.specs[name], dict(self.env[name]), self.logs / f"{key.replace('#', '-')}.log")
         with self.lock:
             old = self.workers.get(key)
             if old is not None:

@@ -458,6 +458,25 @@ fn compose_images_are_built_from_the_repo_or_pinned() {
     }
 }
 
+/// Users run what the tests ran: the compose broker is Apache Kafka at the version of
+/// `ops/kafka/pom.xml`, the broker `scripts/stack.sh` starts.
+#[test]
+fn compose_runs_the_kafka_version_the_tests_use() {
+    let pom = read("ops/kafka/pom.xml");
+    let tested = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split("</kafka.version>").next())
+        .expect("ops/kafka/pom.xml: <kafka.version>");
+    let compose = compose();
+    let image = str_at(service(&compose, "kafka"), &["image"]).expect("kafka service image");
+    assert_eq!(
+        image,
+        format!("apache/kafka:{tested}"),
+        "{COMPOSE}: the kafka service must run the Apache Kafka version the tests use"
+    );
+}
+
 #[test]
 fn compose_runs_the_workers_with_observability() {
     let compose = compose();

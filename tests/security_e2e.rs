@@ -7,8 +7,8 @@
 //!   password from `actor.redis_password = "env:..."`;
 //! - secrets (signing key, Redis password, registry basic-auth password) never appear in the
 //!   workers' logs (at debug level) nor in their `/metrics`;
-//! - SASL/TLS settings reach librdkafka. No broker that requires SASL or TLS can run here
-//!   (noida-db and tansu offer neither), so this is a config-level test: librdkafka accepts
+//! - SASL/TLS settings reach librdkafka. The test stack's broker has a plaintext listener only
+//!   (a SASL_SSL one is future work), so this is a config-level test: librdkafka accepts
 //!   SASL_SSL with SCRAM (it is built with SSL and SASL), rejects bad values naming them, and a
 //!   client told to speak TLS cannot fetch metadata from the plaintext broker while the same
 //!   client without it can.

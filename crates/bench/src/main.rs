@@ -117,8 +117,7 @@ struct Args {
     /// Group session timeout of the workers in backlog mode, seconds; must exceed the time the
     /// workers are stopped (about the time to produce the backlog). A stopped member sends no
     /// heartbeats: past its session librdkafka itself revokes the partitions on resume and
-    /// rejoins, so the drain would start with a rebalance (a warning says so). tansu completes a
-    /// group's first join only after half the session timeout, so the warm-up waits that long.
+    /// rejoins, so the drain would start with a rebalance (a warning says so).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(6..=1800))]
     backlog_session_timeout_s: u32,
     /// Also write the report as JSON to this file.
@@ -1003,7 +1002,7 @@ fn proc_stat(pid: u32) -> Option<(u32, f64)> {
 }
 
 /// CPU seconds of every live process in process group `pgid` (a service and its children, e.g.
-/// noida-db's launcher and its server).
+/// the broker's run script and its JVM).
 fn group_cpu_seconds(pgid: u32) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;

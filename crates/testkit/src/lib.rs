@@ -62,7 +62,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Base client config for tests (loopback broker, short session timeout as tansu needs).
+/// Base client config for tests (loopback broker, short session timeout).
 pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
