@@ -1,7 +1,7 @@
 //! The fault-injection suite's smoke run, as CI runs it: `scripts/faults --smoke` with nothing
 //! configured. It starts a fresh stack per scenario (scripts/stack.sh, Redis with its
 //! append-only file on), runs router → enricher → actor plus the reprocessor under a small load,
-//! SIGKILLs random replicas (two per stage, static membership) and restarts them, then makes the
+//! SIGKILLs random replicas (two per stage, dynamic group members) and restarts them, then makes the
 //! fake target answer 503 for a while. Its checker accounts for every published event (effect or
 //! outcome, rule drop, dead letter or parked record) and for every effect at the target.
 //!
