@@ -64,12 +64,14 @@ fn java_producer_jar() -> PathBuf {
     jar
 }
 
-/// Forty keys: pod names of every length modulo 4 (murmur2 hashes 4-byte blocks, then a 1–3
-/// byte tail), some with non-ASCII UTF-8 bytes (≥ 0x80, where a sign-extension slip would show).
+/// 41 keys: pod names of every length modulo 4 (murmur2 hashes 4-byte blocks, then a 1–3 byte
+/// tail), some with non-ASCII UTF-8 bytes (≥ 0x80, where a sign-extension slip would show), and
+/// the empty key (a key, not a null one: Java hashes it rather than picking a sticky partition).
 fn keys() -> Vec<String> {
     let mut keys: Vec<String> = (0..33).map(|i| format!("java-pod-{i}")).collect();
     keys.extend(
         [
+            "",
             "a",
             "ab",
             "abc",
