@@ -64,7 +64,7 @@ ensure_kafka_classpath() {
   local sum; sum=$(sha256sum "$KAFKA_POM" | cut -c1-16)
   KAFKA_CLASSPATH_FILE="$STACK_HOME/kafka-$sum.classpath"
   [[ -s "$KAFKA_CLASSPATH_FILE" ]] && return
-  command -v java >/dev/null && command -v mvn >/dev/null || { log "java and mvn are needed to run Apache Kafka: apt-get install openjdk-17-jre-headless maven"; exit 2; }
+  command -v java >/dev/null && command -v mvn >/dev/null || { log "java and mvn are needed to run Apache Kafka: apt-get install openjdk-17-jdk-headless maven"; exit 2; }
   log "resolving Apache Kafka's jars with Maven ($KAFKA_POM)"
   mkdir -p "$STACK_HOME"
   mvn -q -B -f "$KAFKA_POM" dependency:build-classpath -Dmdep.outputFile="$KAFKA_CLASSPATH_FILE.tmp" >&2
