@@ -41,8 +41,9 @@ const BACKPRESSURE_PAUSE_AFTER: Duration = Duration::from_secs(5);
 pub enum RuntimeError {
     #[error("invalid Kafka client settings: {0} (check the [kafka] section and its properties)")]
     Setup(KafkaError),
+    /// Not a `#[source]`: the message already carries it, and the worker prints the chain.
     #[error("invalid Kafka settings: {0}")]
-    Kafka(#[from] ClientConfigError),
+    Kafka(ClientConfigError),
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
         topics: Vec<String>,
@@ -130,7 +131,8 @@ pub async fn run<S: Stage>(
         None
     };
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let consumer: StreamConsumer<RuntimeContext> = consumer_config(kafka, &worker_id)?
+    let consumer: StreamConsumer<RuntimeContext> = consumer_config(kafka, &worker_id)
+        .map_err(RuntimeError::Kafka)?
         .create_with_context(RuntimeContext {
             tracker: tracker.clone(),
             health: health.clone(),
