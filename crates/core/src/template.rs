@@ -281,7 +281,7 @@ impl Templates {
             Meta {
                 escape,
                 url_prefix,
-                raw: uses_raw(source),
+                raw: source_uses_raw(source),
             },
         );
         Ok(vars)
@@ -337,7 +337,7 @@ impl Templates {
 }
 
 /// Whether a template source applies the `raw` filter (`| raw`, `|raw`).
-fn uses_raw(source: &str) -> bool {
+pub fn source_uses_raw(source: &str) -> bool {
     source.match_indices("raw").any(|(i, _)| {
         let before = source[..i].trim_end();
         let after = source[i + 3..].chars().next();

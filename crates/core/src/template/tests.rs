@@ -153,7 +153,7 @@ fn raw_writes_a_trusted_value_but_keeps_the_literal_prefix() {
         .unwrap_err();
     assert!(e.refused && e.message.contains("literal part"), "{e}");
     // `raw` is a filter name, not any word containing it.
-    assert!(!uses_raw("{{ payload.raw_value }}") && !uses_raw("{{ x | rawish }}"));
+    assert!(!source_uses_raw("{{ payload.raw_value }}") && !source_uses_raw("{{ x | rawish }}"));
 }
 
 #[test]
