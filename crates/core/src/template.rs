@@ -123,12 +123,19 @@ impl Escape {
     }
 
     /// The escaping of a body: JSON when the declared content type says so, or, with none
-    /// declared, when the template starts with `{` or `[`; otherwise as it is.
+    /// declared, when the template's literal text starts with `{` or `[` (not a `{{ }}` or
+    /// `{% %}` tag); otherwise as it is.
     pub fn for_body(content_type: Option<&str>, template: &str) -> Escape {
+        let t = template.trim_start();
+        let literal_json = t.starts_with('[')
+            || (t.starts_with('{')
+                && !t.starts_with("{{")
+                && !t.starts_with("{%")
+                && !t.starts_with("{#"));
         match content_type {
             Some(ct) if is_json_content_type(ct) => Escape::Json,
             Some(_) => Escape::None,
-            None if template.trim_start().starts_with(['{', '[']) => Escape::Json,
+            None if literal_json => Escape::Json,
             None => Escape::None,
         }
     }

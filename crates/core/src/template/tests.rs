@@ -335,6 +335,11 @@ fn body_escaping_follows_the_content_type() {
     assert_eq!(Escape::for_body(Some("text/plain"), "{}"), Escape::None);
     assert_eq!(Escape::for_body(None, "  {\"a\": 1}"), Escape::Json);
     assert_eq!(Escape::for_body(None, "reason={{ r }}"), Escape::None);
+    assert_eq!(Escape::for_body(None, "{{ doc }}"), Escape::None);
+    assert_eq!(
+        Escape::for_body(None, "{% if a %}{}{% endif %}"),
+        Escape::None
+    );
     assert!(check_json("").is_ok() && check_json("{\"a\": 1}").is_ok());
     assert!(check_json("{\"a\": }").is_err());
 }
