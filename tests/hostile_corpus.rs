@@ -35,7 +35,7 @@
 //! | `pod = ""` (empty segment) | dead letter `permanent` at the enricher, nothing sent |
 //! | `reason = "}, "restart_count": 0, ...` (JSON injection) | the body's `reason` is exactly the value, no field added |
 //! | `reason` with newline and control characters | the body parses, `reason` is exactly the value |
-//! | `reason = r\r\nX-Admin: yes` (CR/LF into a header) | dead letter `permanent` at the actor, nothing sent |
+//! | `pod = p\r\nX-Admin: yes` (CR/LF into a header; escaped in the URL) | dead letter `permanent` at the actor, nothing sent |
 //! | `namespace = shop:admin` (Redis key injection) | the key `owners:shop%3Aadmin` is read, never `owners:shop:admin` |
 
 mod common;
@@ -496,7 +496,7 @@ default = {{ team = "none" }}
 action = "restart"
 kind = "http"
 target = "http://{addr}/api/namespaces/{{{{ payload.namespace }}}}/pods/{{{{ payload.pod }}}}"
-params = {{ team = "{{{{ context.owner.team }}}}", why = "{{{{ payload.reason }}}}" }}
+params = {{ team = "{{{{ context.owner.team }}}}", pod = "{{{{ payload.pod }}}}" }}
 body = '{{"reason": "{{{{ payload.reason }}}}", "restart_count": {{{{ payload.restart_count }}}}}}'
 "#
         ),
@@ -517,7 +517,7 @@ name = "restart"
 kind = "http"
 method = "DELETE"
 url = "{{{{ target | raw }}}}"
-headers = {{ content-type = "application/json", x-team = "{{{{ params.team }}}}", x-why = "{{{{ params.why }}}}" }}
+headers = {{ content-type = "application/json", x-team = "{{{{ params.team }}}}", x-pod = "{{{{ params.pod }}}}" }}
 max_attempts = 1
 "#,
             port = addr.port()
@@ -593,8 +593,8 @@ max_attempts = 1
         (
             "header-crlf",
             "shop",
-            "p-crlf",
-            "r\r\nX-Admin: yes",
+            "p\r\nX-Admin: yes",
+            "r",
             Injection::Refused {
                 worker: "actor",
                 words: "control character",
@@ -659,18 +659,29 @@ max_attempts = 1
         },
     )
     .await;
-    let dead_in = |topic: String| async move {
-        read_topic_until(
-            &stack.bootstrap,
-            &topic,
-            Duration::from_secs(30),
-            Duration::from_secs(2),
-            |got| !got.is_empty(),
-        )
-        .await
+    let refused_by = |worker: &str| {
+        cases
+            .iter()
+            .filter(|c| matches!(c.4, Injection::Refused { worker: w, .. } if w == worker))
+            .count()
     };
-    let enricher_dead = dead_in(format!("{routed}.dlq")).await;
-    let actor_dead = dead_in(format!("{requests}.dlq")).await;
+    let mut dead = Vec::new();
+    for (topic, want) in [
+        (format!("{routed}.dlq"), refused_by("enricher")),
+        (format!("{requests}.dlq"), refused_by("actor")),
+    ] {
+        dead.push(
+            read_topic_until(
+                &stack.bootstrap,
+                &topic,
+                Duration::from_secs(30),
+                Duration::from_secs(2),
+                |got| got.len() >= want,
+            )
+            .await,
+        );
+    }
+    let (enricher_dead, actor_dead) = (&dead[0], &dead[1]);
     let logs_text: String = logs.iter().map(|l| read_log(l)).collect();
     assert_eq!(
         final_outcomes
@@ -705,8 +716,8 @@ max_attempts = 1
             Injection::Refused { worker, words } => {
                 assert!(got.is_empty(), "{name}: sent {got:?}");
                 let (dead, dead_id) = match *worker {
-                    "enricher" => (&enricher_dead, id.clone()),
-                    _ => (&actor_dead, key.clone()),
+                    "enricher" => (enricher_dead, id.clone()),
+                    _ => (actor_dead, key.clone()),
                 };
                 let letter = dead
                     .iter()

@@ -66,6 +66,12 @@
 //! **Outbound allowlist**: a rendered URL whose host is not in `actor.allowed_hosts` (or scheme
 //! not in `actor.allowed_schemes`) is a permanent error naming the host and the setting, never sent.
 //!
+//! **Escaping** ([`call`]): every template writes each value for where it lands (one URL path
+//! segment or query value, a header value without control characters, a JSON-escaped body that
+//! must parse); a request whose values would change the call's structure is refused as a
+//! permanent error before it is claimed or sent, dry runs included. `emit` topics are literal.
+//! Templates using `raw` (unescaped) are warned about at start-up.
+//!
 //! **Loop prevention**: requests whose `reflex-hops` exceeds `actor.max_hops` are dead-lettered.
 
 pub mod breaker;

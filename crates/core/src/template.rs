@@ -265,7 +265,7 @@ impl Templates {
                 false,
             ));
         }
-        if escape == Escape::Url && source.contains("urlencode") {
+        if escape == Escape::Url && uses_filter(source, "urlencode") {
             return Err(TemplateError::new(
                 name,
                 "values in a URL are already encoded for their place: remove `| urlencode` (it would encode them twice)".into(),
@@ -345,9 +345,15 @@ impl Templates {
 
 /// Whether a template source applies the `raw` filter (`| raw`, `|raw`).
 pub fn source_uses_raw(source: &str) -> bool {
-    source.match_indices("raw").any(|(i, _)| {
+    uses_filter(source, "raw")
+}
+
+/// Whether `source` applies the filter `name` (`| name`); a plain scan, so a filter named in a
+/// string literal counts too (it only ever makes a warning or a refusal more likely).
+fn uses_filter(source: &str, name: &str) -> bool {
+    source.match_indices(name).any(|(i, _)| {
         let before = source[..i].trim_end();
-        let after = source[i + 3..].chars().next();
+        let after = source[i + name.len()..].chars().next();
         before.ends_with('|') && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
     })
 }

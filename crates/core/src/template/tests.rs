@@ -163,6 +163,9 @@ fn urlencode_in_a_url_template_is_refused_at_compile_time() {
         .add_escaped("u", "http://h/{{ x | urlencode }}", Escape::Url)
         .unwrap_err();
     assert!(e.message.contains("encode them twice"), "{e}");
+    assert!(t
+        .add_escaped("ok", "http://h/urlencode/{{ x }}", Escape::Url)
+        .is_ok());
 }
 
 #[test]
