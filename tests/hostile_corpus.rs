@@ -39,11 +39,13 @@
 //! | `namespace = shop:admin` (Redis key injection) | the key `owners:shop%3Aadmin` is read, never `owners:shop:admin` |
 
 mod common;
+mod injection;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use injection::{pod_event_with, set_teams};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::Message;
 use reflex_core::headers::{ce, reflex as rh};
@@ -411,19 +413,6 @@ async fn every_hostile_input_gets_its_disposition_and_the_router_survives() {
     println!("{table}");
 }
 
-/// A pod event with the given fields, in Confluent wire format.
-fn event_with(schema_id: u32, namespace: &str, pod: &str, reason: &str) -> Vec<u8> {
-    let schema = reflex_core::avro::parse_schema(POD_SCHEMA).unwrap();
-    let event = serde_json::json!({
-        "cluster": "prod-eu", "namespace": namespace, "pod": pod, "reason": reason,
-        "restart_count": 5, "seq": 1, "rollout_in_progress": false, "labels": {}
-    });
-    reflex_core::wire::encode_frame(
-        schema_id,
-        &reflex_core::avro::json_to_datum(&schema, &event).unwrap(),
-    )
-}
-
 /// What a case must end as.
 enum Injection {
     /// The action arrived: this path, and the body's `reason` equal to the event's.
@@ -459,21 +448,15 @@ async fn injection_family_is_escaped_or_refused_through_the_whole_chain() {
     let schema_id = register_pod_schema(&stack, &input).await;
     let (target, addr) = PackTarget::start().await;
 
-    let redis = redis::Client::open(stack.redis_url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    for (key, team) in [
-        (format!("owners-{run}:shop"), "shop-team"),
-        (format!("owners-{run}:shop%3Aadmin"), "escaped-key"),
-        (format!("owners-{run}:shop:admin"), "WRONG-KEY"),
-    ] {
-        let _: () = redis::cmd("HSET")
-            .arg(key)
-            .arg("team")
-            .arg(team)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    set_teams(
+        &stack,
+        &[
+            (format!("owners-{run}:shop"), "shop-team"),
+            (format!("owners-{run}:shop%3Aadmin"), "escaped-key"),
+            (format!("owners-{run}:shop:admin"), "WRONG-KEY"),
+        ],
+    )
+    .await;
 
     let rules = write_rules(
         "inj-rules",
@@ -614,7 +597,7 @@ max_attempts = 1
     for (name, namespace, pod, reason, _) in &cases {
         let id = format!("{name}-{}", unique(""));
         let headers = base_headers(&id, &chrono::Utc::now().to_rfc3339());
-        let value = event_with(schema_id, namespace, pod, reason);
+        let value = pod_event_with(schema_id, "prod-eu", namespace, pod, reason);
         produce(&producer, &input, Some("k"), &value, to_owned(&headers)).await;
         ids.insert(*name, id);
     }
@@ -709,7 +692,7 @@ max_attempts = 1
                     .unwrap_or_else(|e| panic!("{name}: body is not JSON ({e}): {}", got[0].body));
                 assert_eq!(
                     body,
-                    serde_json::json!({"reason": reason, "restart_count": 5}),
+                    serde_json::json!({"reason": reason, "restart_count": 6}),
                     "{name}"
                 );
             }

@@ -8,15 +8,14 @@
 //! sent (the event dead-lettered as permanent, with the reason).
 
 mod common;
+mod injection;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method, Uri};
 use common::*;
+use injection::*;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use reflex_core::actions::{ActionOutcome, ActionRequest, ActionResult, AvroCodec};
@@ -26,65 +25,6 @@ use reflex_testkit::{
     ce_headers, create_topics, header_str, produce, producer, read_topic, read_topic_until, stack,
     unique, Stack,
 };
-
-/// One request as it arrived.
-#[derive(Debug, Clone)]
-struct Arrived {
-    method: String,
-    /// The request target as sent: raw path and query, nothing decoded or normalised.
-    target: String,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-/// An HTTP server that records every request and answers 200 with a JSON object (what an
-/// http lookup reads).
-#[derive(Default)]
-struct Recorder {
-    seen: Mutex<Vec<Arrived>>,
-}
-
-impl Recorder {
-    async fn start() -> (Arc<Recorder>, SocketAddr) {
-        let recorder = Arc::new(Recorder::default());
-        let state = recorder.clone();
-        let app = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
-                let state = state.clone();
-                async move {
-                    state.seen.lock().unwrap().push(Arrived {
-                        method: method.to_string(),
-                        target: uri
-                            .path_and_query()
-                            .map(|p| p.as_str().to_string())
-                            .unwrap_or_default(),
-                        headers: headers
-                            .iter()
-                            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.into())))
-                            .collect(),
-                        body,
-                    });
-                    axum::Json(serde_json::json!({"service": "svc-from-http"}))
-                }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (recorder, addr)
-    }
-
-    fn seen(&self) -> Vec<Arrived> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn with_key(&self, key: &str) -> Vec<Arrived> {
-        self.seen()
-            .into_iter()
-            .filter(|a| a.headers.get("idempotency-key").map(String::as_str) == Some(key))
-            .collect()
-    }
-}
 
 fn temp_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("injection"));
@@ -364,19 +304,6 @@ message = "noted {{{{ params.pod }}}}"
     assert!(text.contains(r#"noted p\\n{\"level\""#), "{text}");
 }
 
-/// A pod event with hostile fields, in Confluent wire format.
-fn hostile_event(schema_id: u32, namespace: &str, pod: &str, reason: &str) -> Vec<u8> {
-    let schema = reflex_core::avro::parse_schema(POD_SCHEMA).unwrap();
-    let event = serde_json::json!({
-        "cluster": "prod-eu/../staging", "namespace": namespace, "pod": pod, "reason": reason,
-        "restart_count": 6, "seq": 1, "rollout_in_progress": false, "labels": {}
-    });
-    reflex_core::wire::encode_frame(
-        schema_id,
-        &reflex_core::avro::json_to_datum(&schema, &event).unwrap(),
-    )
-}
-
 /// Every lookup kind and a binding's URL and JSON body, through the enricher and the actor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enricher_escapes_lookup_keys_urls_and_bodies_end_to_end() {
@@ -404,20 +331,14 @@ async fn enricher_escapes_lookup_keys_urls_and_bodies_end_to_end() {
     let (recorder, addr) = Recorder::start().await;
 
     // A value with `:` must not reach another key: `shop:admin` is one segment, encoded.
-    let redis = redis::Client::open(stack.redis_url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    for (key, team) in [
-        (format!("owners-{run}:shop%3Aadmin"), "escaped-key"),
-        (format!("owners-{run}:shop:admin"), "WRONG-KEY"),
-    ] {
-        let _: () = redis::cmd("HSET")
-            .arg(key)
-            .arg("team")
-            .arg(team)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    set_teams(
+        &stack,
+        &[
+            (format!("owners-{run}:shop%3Aadmin"), "escaped-key"),
+            (format!("owners-{run}:shop:admin"), "WRONG-KEY"),
+        ],
+    )
+    .await;
     let dir = std::env::temp_dir().join(unique("inj-enricher"));
     std::fs::create_dir_all(&dir).unwrap();
     // The file lookup's key picks a row of the table and nothing else: `prod-eu/../staging`
@@ -493,7 +414,7 @@ max_attempts = 1
         ("evt-crlf", "shop", "p", "r\r\nX-Admin: yes"),
     ];
     for (id, namespace, pod, reason) in events {
-        let value = hostile_event(schema_id, namespace, pod, reason);
+        let value = pod_event_with(schema_id, "prod-eu/../staging", namespace, pod, reason);
         let headers = ce_headers(id, "io.k8s.pod.crashloop", "/k8s/prod-eu");
         produce(&producer, &routed, Some("k"), &value, headers).await;
     }

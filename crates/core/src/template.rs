@@ -442,38 +442,26 @@ fn assemble(
 ) -> Result<String, String> {
     let pieces = pieces(out, slots)?;
     match escape {
-        Escape::None => {
-            let mut result = String::with_capacity(out.len());
-            for piece in pieces {
-                match piece {
-                    Piece::Text(t) => result.push_str(t),
-                    Piece::Value(slot) => {
-                        let _ = write!(result, "{}", slot.value);
-                    }
-                }
-            }
-            Ok(result)
-        }
+        Escape::None => substitute(&pieces, |slot, result| {
+            let _ = write!(result, "{}", slot.value);
+            Ok(())
+        }),
         Escape::Url => assemble_url(&pieces, url_prefix),
         Escape::Json => assemble_json(&pieces),
         Escape::Header => {
-            let mut result = String::with_capacity(out.len());
-            for piece in pieces {
-                match piece {
-                    Piece::Text(t) => result.push_str(t),
-                    Piece::Value(slot) => {
-                        let text = text_of(slot)?;
-                        if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\t') {
-                            return Err(format!(
-                                "value {} holds the control character U+{:04X}: a header value cannot hold CR, LF or other control characters (header injection); `raw` does not change this",
-                                shown(&text),
-                                c as u32
-                            ));
-                        }
-                        result.push_str(&text);
-                    }
+            // `raw` changes nothing here: a header value never holds control characters.
+            let result = substitute(&pieces, |slot, result| {
+                let text = text_of(slot)?;
+                if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\t') {
+                    return Err(format!(
+                        "value {} holds the control character U+{:04X}: a header value cannot hold CR, LF or other control characters (header injection); `raw` does not change this",
+                        shown(&text),
+                        c as u32
+                    ));
                 }
-            }
+                result.push_str(&text);
+                Ok(())
+            })?;
             if let Some(c) = result.chars().find(|c| c.is_control() && *c != '\t') {
                 return Err(format!(
                     "the header value holds the control character U+{:04X}: fix the template",
@@ -482,48 +470,49 @@ fn assemble(
             }
             Ok(result)
         }
-        Escape::RedisKey => {
-            let mut result = String::with_capacity(out.len());
-            for piece in pieces {
-                match piece {
-                    Piece::Text(t) => result.push_str(t),
-                    Piece::Value(slot) if slot.raw => {
-                        let _ = write!(result, "{}", slot.value);
-                    }
-                    Piece::Value(slot) => {
-                        let text = text_of(slot)?;
-                        percent_encode(&text, &mut result, |c| {
-                            !matches!(c, '%' | ':' | '{' | '}' | '*' | '?' | '[' | ']' | '\\')
-                                && !c.is_whitespace()
-                                && !c.is_control()
-                        });
-                    }
+        Escape::RedisKey => substitute(&pieces, |slot, result| {
+            if slot.raw {
+                let _ = write!(result, "{}", slot.value);
+            } else {
+                percent_encode(&text_of(slot)?, result, |c| {
+                    !matches!(c, '%' | ':' | '{' | '}' | '*' | '?' | '[' | ']' | '\\')
+                        && !c.is_whitespace()
+                        && !c.is_control()
+                });
+            }
+            Ok(())
+        }),
+        Escape::Log => substitute(&pieces, |slot, result| {
+            if slot.raw {
+                let _ = write!(result, "{}", slot.value);
+                return Ok(());
+            }
+            for c in slot.value.to_string().chars() {
+                if c.is_control() || c == OPEN || c == CLOSE {
+                    result.extend(c.escape_default());
+                } else {
+                    result.push(c);
                 }
             }
-            Ok(result)
-        }
-        Escape::Log => {
-            let mut result = String::with_capacity(out.len());
-            for piece in pieces {
-                match piece {
-                    Piece::Text(t) => result.push_str(t),
-                    Piece::Value(slot) if slot.raw => {
-                        let _ = write!(result, "{}", slot.value);
-                    }
-                    Piece::Value(slot) => {
-                        for c in slot.value.to_string().chars() {
-                            if c.is_control() || c == OPEN || c == CLOSE {
-                                result.extend(c.escape_default());
-                            } else {
-                                result.push(c);
-                            }
-                        }
-                    }
-                }
-            }
-            Ok(result)
+            Ok(())
+        }),
+    }
+}
+
+/// Literal text as it is, each value written by `write` (for contexts whose literal text does
+/// not change how the next value is escaped).
+fn substitute(
+    pieces: &[Piece<'_>],
+    write: impl Fn(&Slot, &mut String) -> Result<(), String>,
+) -> Result<String, String> {
+    let mut result = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => result.push_str(t),
+            Piece::Value(slot) => write(slot, &mut result)?,
         }
     }
+    Ok(result)
 }
 
 /// Appends `text` with every character `keep` rejects percent-encoded (its UTF-8 bytes).
