@@ -4,7 +4,8 @@
 //! code, in process, with nothing called: the router's [`Router::verdict`] (envelope, decoding,
 //! CEL rules), then the enricher's stage (file lookups answer from their tables; Redis and HTTP
 //! lookups are not called, so such packs stop at the bindings they select), then the actor's
-//! compiled action templates render the call it would make. Guardrails that can be known
+//! compiled action templates render the call it would make, escaped and checked by the same code
+//! the actor runs ([`reflex_actor::call`]), with templates using `raw` marked. Guardrails that can be known
 //! without Redis are applied: dry run (worker, action or request) and the blast-radius cap,
 //! counted over the file as if the window had just started. Nothing is produced, claimed or
 //! sent; the registry is not asked either (the pack's own schema files are used).
@@ -46,8 +47,10 @@ pub const LONG_ABOUT: &str = "Shadow mode for rules: run recorded events through
 pack's router rules, enricher bindings and actor actions, in process, with every action \
 stubbed, and print per event what would happen: the matching rule and destination topics (or \
 which rule dropped or dead-lettered it), the action requests the enricher would bind, and the \
-call the actor would make (method, URL, headers, body), or DRY_RUN / PARKED when a guardrail \
-holds it. The blast-radius cap is counted over the file as if its window had just started. \
+call the actor would make (method, URL, headers, body; every value escaped exactly as the actor \
+escapes it, or the refusal the actor would dead-letter), or DRY_RUN / PARKED when a guardrail \
+holds it. Templates using `raw` (unescaped values) are listed as warnings and marked under \
+the calls they shape. The blast-radius cap is counted over the file as if its window had just started. \
 Nothing is produced and no broker, registry, Redis or target is contacted.\n\n\
 The pack directory holds pack.toml ([events] topic, type, source, key_field, file), \
 router.toml, enricher.toml, actor.toml and topics/*.toml; run it from where the workers run \
