@@ -6,7 +6,8 @@
                    action request/outcome events; schema id i+1 is SCHEMAS[i] in fuzz/src/lib.rs.
   rule_parse       the example packs' rule files, as they are, and each rule's condition.
   template_render  every template string (containing `{{` or `{%`) in the example packs'
-                   actor.toml and bindings.toml.
+                   actor.toml and bindings.toml, and hostile values (injection-*.txt: path
+                   traversal, query and fragment, JSON, CR/LF, Redis key segments, `raw`).
 
 Run from anywhere: fuzz/make_seeds.py. The Avro encoder covers what these schemas use
 (records, primitives, enums, maps, arrays, unions with null; defaults for missing fields).
@@ -152,3 +153,24 @@ for pack, index in PACKS.items():
                 write("template_render", f"{pack}-{config[:-5]}-{len(seen)}.txt", v)
 
         walk(tomllib.loads((ROOT / "examples" / pack / config).read_text()))
+
+# Hostile values: the target renders each input as a template and as a value `v` in fixed URL,
+# JSON, header and Redis-key templates.
+INJECTIONS = {
+    "path-traversal": "../../kube-system/pods/coredns",
+    "dot-segment": "..",
+    "encoded-dots": "%2e%2e",
+    "query": "p?force=true&grace=0",
+    "fragment": "p#admin",
+    "backslash": "..\\..\\admin",
+    "json-break-out": '"}, "restart_count": 0, "x": {"a":"',
+    "json-control": "line\nbreak\u0001\\",
+    "crlf-header": "ok\r\nX-Admin: yes",
+    "redis-key": "shop:admin {slot}*?[x]",
+    "marker": "\ue0000\ue001",
+    "url-raw": "http://h/api/{{ v | raw }}",
+    "json-outside-quotes": '{"a": {{ v }}, "b": "{{ v }}"}',
+    "macro": "{% macro m(x) %}[{{ x }}]{% endmacro %}{{ m(v) }}",
+}
+for name, value in INJECTIONS.items():
+    write("template_render", f"injection-{name}.txt", value)

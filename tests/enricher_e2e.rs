@@ -116,7 +116,7 @@ on_missing = "fail"
 [[lookup]]
 name = "service"
 kind = "http"
-url = "CATALOG/services/{{ payload.pod | urlencode }}"
+url = "CATALOG/services/{{ payload.pod }}"
 ttl_ms = 60000
 on_missing = "skip"
 

@@ -21,13 +21,31 @@
 //! | huge message (over `router.max_value_bytes`) | dead letter `permanent` naming the setting |
 //! | too many headers | dead letter `permanent` naming `router.max_headers` |
 //! | `ce_type` not UTF-8 | dead letter `permanent` (missing CloudEvents header) |
+//!
+//! The injection family goes through the whole chain (router, enricher with a Redis lookup,
+//! actor) to a real HTTP server recording what arrived: hostile values in ordinary event
+//! fields are escaped into the one value they fill, or refused before anything is sent.
+//!
+//! | case (field = value) | expected |
+//! | --- | --- |
+//! | `pod = ../../kube-system/pods/coredns` (path traversal) | arrives as one segment `..%2F..%2Fkube-system%2Fpods%2Fcoredns` |
+//! | `pod = p?force=true` (query injection) | arrives as one segment `p%3Fforce%3Dtrue`, no query |
+//! | `pod = p#frag` (fragment injection) | arrives as one segment `p%23frag` |
+//! | `pod = ..` (dot segment) | dead letter `permanent` at the enricher, nothing sent |
+//! | `pod = ""` (empty segment) | dead letter `permanent` at the enricher, nothing sent |
+//! | `reason = "}, "restart_count": 0, ...` (JSON injection) | the body's `reason` is exactly the value, no field added |
+//! | `reason` with newline and control characters | the body parses, `reason` is exactly the value |
+//! | `pod = p\r\nX-Admin: yes` (CR/LF into a header; escaped in the URL) | dead letter `permanent` at the actor, nothing sent |
+//! | `namespace = shop:admin` (Redis key injection) | the key `owners:shop%3Aadmin` is read, never `owners:shop:admin` |
 
 mod common;
+mod injection;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use injection::{pod_event_with, set_teams};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::Message;
 use reflex_core::headers::{ce, reflex as rh};
@@ -392,5 +410,315 @@ async fn every_hostile_input_gets_its_disposition_and_the_router_survives() {
         .find(|m| header_str(m, ce::ID).is_some_and(|i| i.starts_with("huge-")))
         .unwrap();
     assert_eq!(huge.payload().map(<[u8]>::len), Some(100_005));
+    println!("{table}");
+}
+
+/// What a case must end as.
+enum Injection {
+    /// The action arrived: this path, and the body's `reason` equal to the event's.
+    Arrived { path: String, team: &'static str },
+    /// Dead-lettered as permanent by `worker`, the message containing the words.
+    Refused {
+        worker: &'static str,
+        words: &'static str,
+    },
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injection_family_is_escaped_or_refused_through_the_whole_chain() {
+    let stack = stack();
+    let run = unique("run");
+    let input = unique("inj-events");
+    let routed = unique("inj-routed");
+    let requests = unique("inj-requests");
+    let outcomes = unique("inj-outcomes");
+    let parked = unique("inj-parked");
+    let topics = [
+        input.clone(),
+        format!("{input}.dlq"),
+        routed.clone(),
+        format!("{routed}.dlq"),
+        requests.clone(),
+        format!("{requests}.dlq"),
+        outcomes.clone(),
+        parked.clone(),
+    ];
+    let with_partitions: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
+    create_topics(&stack.bootstrap, &with_partitions).await;
+    let schema_id = register_pod_schema(&stack, &input).await;
+    let (target, addr) = PackTarget::start().await;
+
+    set_teams(
+        &stack,
+        &[
+            (format!("owners-{run}:shop"), "shop-team"),
+            (format!("owners-{run}:shop%3Aadmin"), "escaped-key"),
+            (format!("owners-{run}:shop:admin"), "WRONG-KEY"),
+        ],
+    )
+    .await;
+
+    let rules = write_rules(
+        "inj-rules",
+        &format!("[[rule]]\nname = \"crash\"\nwhen = 'payload.restart_count >= 3'\nto = [\"{routed}\"]\n"),
+    );
+    let dir = std::env::temp_dir().join(unique("inj-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bindings = dir.join("bindings.toml");
+    std::fs::write(
+        &bindings,
+        format!(
+            r#"[[lookup]]
+name = "owner"
+kind = "redis"
+key = "owners-{run}:{{{{ payload.namespace }}}}"
+on_missing = "default"
+default = {{ team = "none" }}
+
+[[binding]]
+action = "restart"
+kind = "http"
+target = "http://{addr}/api/namespaces/{{{{ payload.namespace }}}}/pods/{{{{ payload.pod }}}}"
+params = {{ team = "{{{{ context.owner.team }}}}", pod = "{{{{ payload.pod }}}}" }}
+body = '{{"reason": "{{{{ payload.reason }}}}", "restart_count": {{{{ payload.restart_count }}}}}}'
+"#
+        ),
+    )
+    .unwrap();
+    let actor_config = dir.join("actor.toml");
+    std::fs::write(
+        &actor_config,
+        format!(
+            r#"[actor]
+redis_prefix = "{run}"
+outcomes_topic = "{outcomes}"
+parked_topic = "{parked}"
+allowed_hosts = ["127.0.0.1:{port}"]
+
+[[actor.action]]
+name = "restart"
+kind = "http"
+method = "DELETE"
+url = "{{{{ target | raw }}}}"
+headers = {{ content-type = "application/json", x-team = "{{{{ params.team }}}}", x-pod = "{{{{ params.pod }}}}" }}
+max_attempts = 1
+"#,
+            port = addr.port()
+        ),
+    )
+    .unwrap();
+
+    let json_injection = r#""}, "restart_count": 0, "x": {"a":""#;
+    let control = "line\nbreak\t\u{1}\\ \"quoted\"";
+    let arrived = |path: &str, team: &'static str| Injection::Arrived {
+        path: format!("/api/namespaces/{path}"),
+        team,
+    };
+    let cases: Vec<(&str, &str, &str, &str, Injection)> = vec![
+        (
+            "traversal",
+            "shop",
+            "../../kube-system/pods/coredns",
+            "r",
+            arrived(
+                "shop/pods/..%2F..%2Fkube-system%2Fpods%2Fcoredns",
+                "shop-team",
+            ),
+        ),
+        (
+            "query",
+            "shop",
+            "p?force=true",
+            "r",
+            arrived("shop/pods/p%3Fforce%3Dtrue", "shop-team"),
+        ),
+        (
+            "fragment",
+            "shop",
+            "p#frag",
+            "r",
+            arrived("shop/pods/p%23frag", "shop-team"),
+        ),
+        (
+            "dot-segment",
+            "shop",
+            "..",
+            "r",
+            Injection::Refused {
+                worker: "enricher",
+                words: "path traversal",
+            },
+        ),
+        (
+            "empty-segment",
+            "shop",
+            "",
+            "r",
+            Injection::Refused {
+                worker: "enricher",
+                words: "path traversal",
+            },
+        ),
+        (
+            "json",
+            "shop",
+            "p-json",
+            json_injection,
+            arrived("shop/pods/p-json", "shop-team"),
+        ),
+        (
+            "json-control",
+            "shop",
+            "p-ctl",
+            "line\nbreak\t\u{1}\\ \"quoted\"",
+            arrived("shop/pods/p-ctl", "shop-team"),
+        ),
+        (
+            "header-crlf",
+            "shop",
+            "p\r\nX-Admin: yes",
+            "r",
+            Injection::Refused {
+                worker: "actor",
+                words: "control character",
+            },
+        ),
+        (
+            "redis-key",
+            "shop:admin",
+            "p-key",
+            "r",
+            arrived("shop%3Aadmin/pods/p-key", "escaped-key"),
+        ),
+    ];
+    assert_eq!(cases[6].3, control);
+    let producer = producer(&stack.bootstrap);
+    let mut ids = HashMap::new();
+    for (name, namespace, pod, reason, _) in &cases {
+        let id = format!("{name}-{}", unique(""));
+        let headers = base_headers(&id, &chrono::Utc::now().to_rfc3339());
+        let value = pod_event_with(schema_id, "prod-eu", namespace, pod, reason);
+        produce(&producer, &input, Some("k"), &value, to_owned(&headers)).await;
+        ids.insert(*name, id);
+    }
+
+    let logs: Vec<std::path::PathBuf> = ["router", "enricher", "actor"]
+        .iter()
+        .map(|w| std::env::temp_dir().join(unique(&format!("inj-{w}.log"))))
+        .collect();
+    let _router = spawn_router(&stack, &unique("inj-router"), &input, &rules, &logs[0]);
+    let _enricher = spawn_enricher(
+        &stack,
+        &unique("inj-enricher"),
+        &routed,
+        &requests,
+        &bindings,
+        &logs[1],
+    );
+    let _actor = spawn_actor(
+        &stack,
+        &unique("inj-actor"),
+        "",
+        &requests,
+        &actor_config,
+        &logs[2],
+        &[],
+    );
+
+    let want_arrived = cases
+        .iter()
+        .filter(|c| matches!(c.4, Injection::Arrived { .. }))
+        .count();
+    let final_outcomes = read_topic_until(
+        &stack.bootstrap,
+        &outcomes,
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+        |got| {
+            got.iter()
+                .filter(|m| header_str(m, "reflex-final") == Some("true"))
+                .count()
+                >= want_arrived
+        },
+    )
+    .await;
+    let refused_by = |worker: &str| {
+        cases
+            .iter()
+            .filter(|c| matches!(c.4, Injection::Refused { worker: w, .. } if w == worker))
+            .count()
+    };
+    let mut dead = Vec::new();
+    for (topic, want) in [
+        (format!("{routed}.dlq"), refused_by("enricher")),
+        (format!("{requests}.dlq"), refused_by("actor")),
+    ] {
+        dead.push(
+            read_topic_until(
+                &stack.bootstrap,
+                &topic,
+                Duration::from_secs(30),
+                Duration::from_secs(2),
+                |got| got.len() >= want,
+            )
+            .await,
+        );
+    }
+    let (enricher_dead, actor_dead) = (&dead[0], &dead[1]);
+    let logs_text: String = logs.iter().map(|l| read_log(l)).collect();
+    assert_eq!(
+        final_outcomes
+            .iter()
+            .filter(|m| header_str(m, "reflex-final") == Some("true"))
+            .count(),
+        want_arrived,
+        "{logs_text}"
+    );
+
+    let seen = target.requests();
+    let mut table = String::new();
+    for (name, _, _, reason, expect) in &cases {
+        let id = &ids[name];
+        let key = format!("restart:{id}");
+        let got: Vec<&Seen> = seen.iter().filter(|s| s.key == key).collect();
+        table.push_str(&format!("{name:<14} {:?}\n", got.first().map(|s| &s.path)));
+        match expect {
+            Injection::Arrived { path, team } => {
+                assert_eq!(got.len(), 1, "{name}: {table}\n{logs_text}");
+                assert_eq!(&got[0].path, path, "{name}");
+                assert_eq!(got[0].method, "DELETE", "{name}");
+                assert_eq!(got[0].headers["x-team"], *team, "{name}");
+                let body: serde_json::Value = serde_json::from_str(&got[0].body)
+                    .unwrap_or_else(|e| panic!("{name}: body is not JSON ({e}): {}", got[0].body));
+                assert_eq!(
+                    body,
+                    serde_json::json!({"reason": reason, "restart_count": 6}),
+                    "{name}"
+                );
+            }
+            Injection::Refused { worker, words } => {
+                assert!(got.is_empty(), "{name}: sent {got:?}");
+                let (dead, dead_id) = match *worker {
+                    "enricher" => (enricher_dead, id.clone()),
+                    _ => (actor_dead, key.clone()),
+                };
+                let letter = dead
+                    .iter()
+                    .find(|m| header_str(m, ce::ID) == Some(dead_id.as_str()))
+                    .unwrap_or_else(|| panic!("{name}: no dead letter at the {worker}\n{table}"));
+                assert_eq!(
+                    header_str(letter, rh::ERROR_CLASS),
+                    Some("permanent"),
+                    "{name}"
+                );
+                let message = header_str(letter, rh::ERROR_MESSAGE).unwrap_or_default();
+                assert!(
+                    message.contains("refused") && message.contains(words),
+                    "{name}: {message}"
+                );
+            }
+        }
+    }
+    assert_eq!(seen.len(), want_arrived, "nothing else was sent\n{table}");
     println!("{table}");
 }

@@ -265,7 +265,7 @@ allowed_hosts = ["127.0.0.1:{port}"]
 [[actor.action]]
 name = "call"
 kind = "http"
-url = "{{{{ target }}}}"
+url = "{{{{ target | raw }}}}"
 timeout_ms = 3000
 max_attempts = 1
 "#,

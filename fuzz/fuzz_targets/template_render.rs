@@ -2,7 +2,14 @@
 //! with the limits the actor and the enricher use (`Templates::default()`: fuel and output
 //! cap), against the two contexts they render with: the enricher's event root (`ce`,
 //! `payload`, `key`, `topic`, `headers`, `context`) and the actor's `ActionRequest`. Any input
-//! must render or fail with an error, never panic, hang or grow without bound.
+//! must render or fail with an error, never panic, hang or grow without bound, in every
+//! escaping context (URL, JSON, header, Redis key, log, none).
+//!
+//! The same input is also a hostile *value* in fixed templates of each context, checked
+//! against what escaping promises: in a URL it is exactly one encoded path segment, query
+//! value and fragment (refused only when the segment would be empty, `.` or `..`); in JSON it
+//! is exactly the one string it fills; a header value never holds CR, LF or control
+//! characters; a Redis key keeps its literal prefix and gains no `:`.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -10,7 +17,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use reflex_core::actions::{ActionKind, ActionRequest};
-use reflex_core::template::Templates;
+use reflex_core::template::{Escape, Templates};
 
 /// The example packs' events (first line of each `events.jsonl`), merged into one payload so
 /// every example template finds its fields.
@@ -78,14 +85,89 @@ fn contexts() -> &'static (serde_json::Value, ActionRequest) {
     })
 }
 
+const ESCAPES: [Escape; 6] = [
+    Escape::None,
+    Escape::Url,
+    Escape::Json,
+    Escape::Header,
+    Escape::RedisKey,
+    Escape::Log,
+];
+
+/// Fixed templates of each context, reading the hostile value `v`.
+fn fixed() -> &'static Templates {
+    static T: OnceLock<Templates> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = Templates::default();
+        for (name, source, escape) in [
+            ("url", "http://h/api/{{ v }}/x?q={{ v }}#{{ v }}", Escape::Url),
+            ("json", r#"{"a": "{{ v }}", "b": {{ v }}}"#, Escape::Json),
+            ("header", "x {{ v }}", Escape::Header),
+            ("key", "k:{{ v }}", Escape::RedisKey),
+        ] {
+            t.add_escaped(name, source, escape).expect("fixed templates compile");
+        }
+        t
+    })
+}
+
+/// The reference encoding: every byte outside the unreserved set, percent-encoded.
+fn encoded(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let mut templates = Templates::default();
-    if templates.add("t", text).is_ok() {
-        let (enricher, actor) = contexts();
-        let _ = templates.render("t", enricher);
-        let _ = templates.render("t", actor);
+    let (enricher, actor) = contexts();
+    for escape in ESCAPES {
+        let mut templates = Templates::default();
+        if templates.add_escaped("t", text, escape).is_ok() {
+            let _ = templates.render("t", enricher);
+            let _ = templates.render("t", actor);
+        }
+    }
+
+    // The input as a value: escaping keeps it inside the one place it fills.
+    let t = fixed();
+    let ctx = serde_json::json!({ "v": text });
+    let markers = text.contains(['\u{E000}', '\u{E001}']);
+    match t.render("url", &ctx) {
+        Ok(url) => {
+            let e = encoded(text);
+            assert_eq!(url, format!("http://h/api/{e}/x?q={e}#{e}"));
+        }
+        Err(err) => assert!(
+            markers || matches!(text, "" | "." | ".."),
+            "{text:?} refused: {err}"
+        ),
+    }
+    match t.render("json", &ctx) {
+        Ok(body) => {
+            let parsed: serde_json::Value = serde_json::from_str(&body).expect("the body parses");
+            assert_eq!(parsed, serde_json::json!({"a": text, "b": text}));
+        }
+        Err(err) => assert!(markers, "{text:?} refused: {err}"),
+    }
+    let control = text.chars().any(|c| c.is_control() && c != '\t');
+    match t.render("header", &ctx) {
+        Ok(value) => {
+            assert!(!control);
+            assert_eq!(value, format!("x {text}"));
+        }
+        Err(err) => assert!(control || markers, "{text:?} refused: {err}"),
+    }
+    if let Ok(key) = t.render("key", &ctx) {
+        let segment = key.strip_prefix("k:").expect("the literal prefix stays");
+        assert!(!segment.contains([':', '*', '{', '}', ' ', '\n']), "{key:?}");
     }
 });

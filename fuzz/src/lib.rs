@@ -86,7 +86,7 @@ pub fn event(ce_type: &str, value: &[u8]) -> Event {
         ("ce_type", ce_type),
         ("ce_time", "2026-01-01T00:00:00Z"),
     ] {
-        headers.push(k, v);
+        headers.push(k, v.to_owned());
     }
     Event {
         topic: "in".into(),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use reflex_core::template::Templates;
+use reflex_core::template::{is_json_content_type, Escape, Templates};
 use reflex_runtime::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
 use serde::Deserialize;
 use thiserror::Error;
@@ -115,17 +115,24 @@ pub struct ActionSettings {
     /// HTTP method (`http`), or a template such as `{{ params.method }}` checked per request.
     #[serde(default = "default_method")]
     pub method: String,
-    /// URL template (`http`), e.g. `http://k8s-gateway/pods/{{ params.pod }}/restart`, or
-    /// `{{ target }}` when the enricher binds the whole URL (then checked per request).
+    /// URL template (`http`), e.g. `http://k8s-gateway/pods/{{ params.pod }}/restart`: scheme,
+    /// host and port written literally, each value one encoded path segment or query value.
+    /// `{{ target | raw }}` takes a whole URL the enricher bound (trusted: not escaped, its
+    /// host checked against `allowed_hosts` per request).
     #[serde(default)]
     pub url: String,
-    /// Header templates (`http`). `Idempotency-Key` is always set to the request's key.
+    /// Header templates (`http`). `Idempotency-Key` is always set to the request's key. A value
+    /// with CR, LF or another control character is refused (the request is dead-lettered).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Body template (`http`, `emit`); without it the request's `body` is sent as it is.
+    /// Body template (`http`, `emit`); without it the request's `body` is sent as it is. With a
+    /// JSON content type (the `content-type` header, or `content_type` for `emit`; with none
+    /// declared, a template starting with `{` or `[`) values are JSON-escaped and the body must
+    /// parse as JSON before it is sent.
     #[serde(default)]
     pub body: Option<String>,
-    /// Topic the event is produced to (`emit`).
+    /// Topic the event is produced to (`emit`): a literal topic name, never a template, so
+    /// event data cannot choose where the event goes.
     #[serde(default)]
     pub topic: String,
     /// `ce_type` of the emitted event (`emit`).
@@ -225,9 +232,13 @@ pub enum Kind {
         /// Names of the header templates, in order.
         headers: Vec<String>,
         secret: Option<Vec<u8>>,
+        /// The declared content type is JSON: a body is checked to parse before it is sent.
+        json_body: bool,
     },
     Emit {
         topic: String,
+        /// `content_type` is JSON.
+        json_body: bool,
     },
     Log,
 }
@@ -296,10 +307,10 @@ pub fn compile(
         if a.blast_radius_max > 0 && a.blast_radius_window_ms == 0 {
             return Err(fail("blast_radius_window_ms", "must be positive".into()));
         }
-        let mut add = |field: &str, source: &str| -> Result<(), ConfigError> {
+        let mut add = |field: &str, source: &str, escape: Escape| -> Result<(), ConfigError> {
             let name = format!("{}.{field}", a.name);
             let vars = templates
-                .add(&name, source)
+                .add_escaped(&name, source, escape)
                 .map_err(|e| fail(field, e.to_string()))?;
             for var in vars {
                 let root = var.split('.').next().unwrap_or(&var);
@@ -318,22 +329,29 @@ pub fn compile(
         let kind = match a.kind.as_str() {
             "http" => {
                 let method = if a.method.contains("{{") {
-                    add("method", &a.method)?;
+                    add("method", &a.method, Escape::None)?;
                     None
                 } else {
                     Some(parse_method(&a.method).map_err(|m| fail("method", m))?)
                 };
                 check_url(&a.url).map_err(|m| fail("url", m))?;
-                add("url", &a.url)?;
+                add("url", &a.url, Escape::Url)?;
                 let mut headers = Vec::new();
                 for (name, value) in &a.headers {
                     reqwest::header::HeaderName::from_bytes(name.as_bytes())
                         .map_err(|_| fail("headers", format!("`{name}` is not a header name")))?;
-                    add(&format!("header.{name}"), value)?;
+                    add(&format!("header.{name}"), value, Escape::Header)?;
                     headers.push(name.clone());
                 }
+                // A templated content type is not a declaration: the body decides (see `body`).
+                let content_type = a
+                    .headers
+                    .iter()
+                    .find(|(n, v)| n.eq_ignore_ascii_case("content-type") && !v.contains("{{"))
+                    .map(|(_, v)| v.as_str());
+                let json_body = content_type.is_some_and(is_json_content_type);
                 if let Some(body) = &a.body {
-                    add("body", body)?;
+                    add("body", body, Escape::for_body(content_type, body))?;
                 }
                 let secret = match &a.signing_secret_env {
                     None => None,
@@ -354,22 +372,25 @@ pub fn compile(
                     method,
                     headers,
                     secret,
+                    json_body,
                 }
             }
             "emit" => {
                 if a.topic.trim().is_empty() {
                     return Err(fail("topic", "an `emit` action needs a topic".into()));
                 }
+                check_topic(&a.topic).map_err(|m| fail("topic", m))?;
                 if let Some(body) = &a.body {
-                    add("body", body)?;
+                    add("body", body, Escape::for_body(Some(&a.content_type), body))?;
                 }
                 Kind::Emit {
                     topic: a.topic.clone(),
+                    json_body: is_json_content_type(&a.content_type),
                 }
             }
             "log" => {
                 if let Some(message) = &a.message {
-                    add("message", message)?;
+                    add("message", message, Escape::Log)?;
                 }
                 Kind::Log
             }
@@ -408,7 +429,13 @@ fn check_url(url: &str) -> Result<(), String> {
         return Err("an `http` action needs a url".into());
     }
     if url.trim_start().starts_with("{{") {
-        // Wholly templated (e.g. `{{ target }}`): checked per request.
+        // Wholly templated: only a trusted whole URL (`raw`), its host checked per request by
+        // the allowlist. Without `raw` every render would be refused: say so now.
+        if !reflex_core::template::source_uses_raw(url) {
+            return Err(format!(
+                "`{url}`: a value cannot choose the scheme, host or port; write them in the template (`https://host/path/{{{{ params.x }}}}`), or take a whole URL the enricher bound with `{{{{ target | raw }}}}` (not escaped: list its hosts in actor.allowed_hosts)"
+            ));
+        }
         return Ok(());
     }
     let lower = url.to_ascii_lowercase();
@@ -428,6 +455,23 @@ fn check_url(url: &str) -> Result<(), String> {
         return Err(format!("`{url}` has no host"));
     }
     Ok(())
+}
+
+/// A literal Kafka topic name (what the broker accepts: at most 249 of `A-Z a-z 0-9 . _ -`).
+fn check_topic(topic: &str) -> Result<(), String> {
+    let valid = topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{topic}` is not a topic name (at most 249 of A-Z a-z 0-9 . _ -): emit topics are written literally, never templated, so event data cannot choose where an event goes"
+        ))
+    }
 }
 
 /// Byte spans of `[[actor.action]]` fields in a config file, for line numbers.
@@ -527,7 +571,7 @@ message = "would restart {{ target }}"
 name = "bound-by-enricher"
 kind = "http"
 method = "{{ params.method }}"
-url = "{{ target }}"
+url = "{{ target | raw }}"
 "#,
         )
         .unwrap();
@@ -579,6 +623,24 @@ url = "{{ target }}"
                 "`NOPE` is not set",
             ),
             ("kind = \"emit\"\n", 4, "topic", "needs a topic"),
+            (
+                "kind = \"emit\"\ntopic = \"reflex.{{ params.kind }}\"\n",
+                6,
+                "topic",
+                "never templated",
+            ),
+            (
+                "kind = \"http\"\nurl = \"{{ target }}\"\n",
+                6,
+                "url",
+                "{{ target | raw }}",
+            ),
+            (
+                "kind = \"http\"\nurl = \"http://x/{{ params.pod | urlencode }}\"\n",
+                6,
+                "url",
+                "encode them twice",
+            ),
             (
                 "kind = \"http\"\nmethod = \"G T\"\nurl = \"http://x/\"\n",
                 6,

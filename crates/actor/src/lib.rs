@@ -66,9 +66,16 @@
 //! **Outbound allowlist**: a rendered URL whose host is not in `actor.allowed_hosts` (or scheme
 //! not in `actor.allowed_schemes`) is a permanent error naming the host and the setting, never sent.
 //!
+//! **Escaping** ([`call`]): every template writes each value for where it lands (one URL path
+//! segment or query value, a header value without control characters, a JSON-escaped body that
+//! must parse); a request whose values would change the call's structure is refused as a
+//! permanent error before it is claimed or sent, dry runs included. `emit` topics are literal.
+//! Templates using `raw` (unescaped) are warned about at start-up.
+//!
 //! **Loop prevention**: requests whose `reflex-hops` exceeds `actor.max_hops` are dead-lettered.
 
 pub mod breaker;
+pub mod call;
 pub mod config;
 pub mod sign;
 pub mod state;
@@ -94,6 +101,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::breaker::Breakers;
+use crate::call::Call;
 use crate::config::{Action, Kind};
 pub use crate::config::{ActorConfig, ActorSettings, ACTOR_DEFAULTS};
 use crate::state::StateBackend;
@@ -191,6 +199,11 @@ impl Actor {
             .map_err(StartError::Security)?;
         if allowlist.is_open() && actions.iter().any(|a| matches!(a.kind, Kind::Http { .. })) {
             warn!("actor.allowed_hosts is empty: http actions may call any host a template renders; list the approved hosts");
+        }
+        for a in &actions {
+            for field in call::raw_fields(a, &templates) {
+                warn!(action = %a.settings.name, field = %field, "template uses `raw`: its value is written unescaped, so whoever can publish the events behind it chooses that part of the call; keep it to trusted values (SECURITY.md, \"Escaping\")");
+            }
         }
         let redis_auth = match settings.redis_password.trim() {
             "" => None,
@@ -328,29 +341,6 @@ impl Actor {
         }
     }
 
-    fn render(
-        &self,
-        action: &Action,
-        field: &str,
-        req: &ActionRequest,
-    ) -> Result<String, StageError> {
-        self.templates
-            .render(&action.template_name(field), req)
-            .map_err(|e| {
-                StageError::permanent(format!(
-                    "action `{}` field `{field}` cannot be rendered for this request: {e}",
-                    action.settings.name
-                ))
-            })
-    }
-
-    fn body(&self, action: &Action, req: &ActionRequest) -> Result<String, StageError> {
-        match action.settings.body {
-            Some(_) => self.render(action, "body", req),
-            None => Ok(req.body.clone().unwrap_or_default()),
-        }
-    }
-
     /// Breaker scope: the request's target (its `host:port` when it is a URL, as the enricher
     /// binds it), else the called URL's `host:port`.
     fn breaker_key(req: &ActionRequest, url: &str) -> String {
@@ -454,11 +444,10 @@ impl Actor {
     fn emitted(
         &self,
         action: &Action,
-        topic: &str,
+        (topic, body): (&str, &str),
         req: &ActionRequest,
         event: &Event,
-    ) -> Result<Output, StageError> {
-        let body = self.body(action, req)?;
+    ) -> Output {
         let mut headers = Headers::new();
         headers.push(ce::SPECVERSION, ce::SPEC_VERSION_1_0);
         headers.push(ce::ID, req.idempotency_key.clone());
@@ -478,13 +467,13 @@ impl Actor {
                 headers.push(key, v.to_vec());
             }
         }
-        Ok(Output {
+        Output {
             topic: topic.to_string(),
             partition: None,
             key: event.key.clone(),
-            payload: Some(Bytes::from(body)),
+            payload: Some(Bytes::from(body.to_string())),
             headers,
-        })
+        }
     }
 
     async fn wait_kill_switch(&self, action: &str) {
@@ -518,42 +507,28 @@ impl Actor {
         }
     }
 
-    /// One HTTP attempt.
-    async fn http_call(
-        &self,
-        action: &Action,
-        req: &ActionRequest,
-        url: &str,
-        body: &str,
-    ) -> Result<Effect, StageError> {
-        let Kind::Http {
-            method,
-            headers,
-            secret,
-        } = &action.kind
+    /// One HTTP attempt of a rendered call.
+    async fn http_call(&self, c: &Claimable) -> Result<Effect, StageError> {
+        let (action, req) = (&*c.action, &c.req);
+        let (
+            Kind::Http { secret, .. },
+            Call::Http {
+                method,
+                url,
+                headers,
+                body,
+            },
+        ) = (&action.kind, &c.call)
         else {
             unreachable!("http_call on a non-http action")
-        };
-        let method = match method {
-            Some(m) => m.clone(),
-            None => match config::parse_method(&self.render(action, "method", req)?) {
-                Ok(m) => m,
-                Err(e) => {
-                    return Ok(Effect::Permanent(
-                        None,
-                        format!("action `{}` field `method`: {e}", action.settings.name),
-                    ))
-                }
-            },
         };
         let mut call = self
             .http
             .request(method.clone(), url)
             .timeout(action.timeout)
             .header("Idempotency-Key", &req.idempotency_key);
-        for name in headers {
-            let value = self.render(action, &format!("header.{name}"), req)?;
-            call = call.header(name.as_str(), value);
+        for (name, value) in headers {
+            call = call.header(name.as_str(), value.as_str());
         }
         if let Some(key) = secret {
             let ts = store::now_ms() / 1000;
@@ -565,7 +540,7 @@ impl Actor {
                     sign::signature(key, &req.idempotency_key, ts, body.as_bytes()),
                 );
         }
-        Ok(match call.body(body.to_string()).send().await {
+        Ok(match call.body(body.clone()).send().await {
             Ok(response) => {
                 let status = response.status();
                 let code = Some(i32::from(status.as_u16()));
@@ -605,37 +580,23 @@ impl Actor {
         };
         let started = (store::now_ms(), Instant::now());
         let name = &action.settings.name;
-        // Render first: a request the templates cannot render is a permanent error (dead letter).
-        let (url, body) = match &action.kind {
-            Kind::Http { .. } => {
-                let url = self.render(&action, "url", &req)?;
-                // Before anything else (dry runs included): a URL nobody approved is never sent.
-                self.allowlist.check(&url).map_err(|e| {
-                    StageError::permanent(format!("action `{name}` field `url`: {e}"))
-                })?;
-                (url, self.body(&action, &req)?)
-            }
-            Kind::Emit { topic } => (topic.clone(), self.body(&action, &req)?),
-            Kind::Log => (
-                String::new(),
-                match action.settings.message {
-                    Some(_) => self.render(&action, "message", &req)?,
-                    None => format!("action {name} on {} for event {}", req.target, req.event_id),
-                },
-            ),
-        };
+        // Render first: a request the templates cannot render, or whose values would change the
+        // call's structure (refused by the escaping), is a permanent error (dead letter).
+        let call = call::render(&action, &self.templates, &req).map_err(StageError::permanent)?;
+        if let Call::Http { url, .. } = &call {
+            // Before anything else (dry runs included): a URL nobody approved is never sent.
+            self.allowlist
+                .check(url)
+                .map_err(|e| StageError::permanent(format!("action `{name}` field `url`: {e}")))?;
+        }
 
         if req.dry_run || action.settings.dry_run || self.settings.dry_run {
-            let what = match &action.kind {
-                Kind::Http { method, .. } => {
-                    let method = match method {
-                        Some(m) => m.to_string(),
-                        None => self.render(&action, "method", &req)?,
-                    };
-                    format!("{method} {url} ({} body bytes)", body.len())
-                }
-                Kind::Emit { topic } => format!("emit {} bytes to {topic}", body.len()),
-                Kind::Log => format!("log: {body}"),
+            let what = match &call {
+                Call::Http {
+                    method, url, body, ..
+                } => format!("{method} {url} ({} body bytes)", body.len()),
+                Call::Emit { topic, body } => format!("emit {} bytes to {topic}", body.len()),
+                Call::Log { message } => format!("log: {message}"),
             };
             info!(action = %name, idempotency_key = %req.idempotency_key, would = %what, "dry run: no effect");
             let mut o = self.outcome(&req, ActionResult::DryRun, 1, started);
@@ -645,8 +606,7 @@ impl Actor {
         Ok(Plan::Claim(Box::new(Claimable {
             action,
             req,
-            url,
-            body,
+            call,
             started,
         })))
     }
@@ -854,8 +814,8 @@ impl Actor {
         }
         debug!(action = %name, idempotency_key = %req.idempotency_key, "duplicate suppressed");
         let mut out = Vec::new();
-        if let Kind::Emit { topic } = &action.kind {
-            out.push(self.emitted(action, topic, req, event)?);
+        if let Call::Emit { topic, body } = &c.call {
+            out.push(self.emitted(action, (topic, body), req, event));
         }
         out.push(self.outcome_output(&o, event, true)?);
         Ok(out)
@@ -870,7 +830,7 @@ impl Actor {
         event: &Event,
         owner: &str,
     ) -> Result<(Vec<Output>, Option<String>), StageError> {
-        let (action, req, url, body) = (&*c.action, &c.req, c.url.as_str(), c.body.as_str());
+        let (action, req) = (&*c.action, &c.req);
         let s = &action.settings;
         let name = &s.name;
         let key = &req.idempotency_key;
@@ -909,6 +869,10 @@ impl Actor {
         }
 
         let mut outputs = Vec::new();
+        let url = match &c.call {
+            Call::Http { url, .. } => url.as_str(),
+            _ => "",
+        };
         let breaker_key = Self::breaker_key(req, url);
         let cooldown = Duration::from_millis(s.breaker_cooldown_ms);
         let max_attempts = s.max_attempts.max(1);
@@ -936,9 +900,9 @@ impl Actor {
                 }
             };
             let attempt_started = (store::now_ms(), Instant::now());
-            let effect = match &action.kind {
-                Kind::Http { .. } => {
-                    let effect = self.http_call(action, req, url, body).await?;
+            let effect = match &c.call {
+                Call::Http { .. } => {
+                    let effect = self.http_call(c).await?;
                     self.breakers.record(
                         &breaker_key,
                         s.breaker_failures,
@@ -947,12 +911,12 @@ impl Actor {
                     );
                     effect
                 }
-                Kind::Emit { topic } => {
-                    outputs.push(self.emitted(action, topic, req, event)?);
+                Call::Emit { topic, body } => {
+                    outputs.push(self.emitted(action, (topic, body), req, event));
                     Effect::Ok(None)
                 }
-                Kind::Log => {
-                    info!(action = %name, idempotency_key = %key, target = %req.target, event_id = %req.event_id, message = %body, "log action");
+                Call::Log { message } => {
+                    info!(action = %name, idempotency_key = %key, target = %req.target, event_id = %req.event_id, message = %message, "log action");
                     Effect::Ok(None)
                 }
             };
@@ -1073,10 +1037,8 @@ enum Plan {
 struct Claimable {
     action: Arc<Action>,
     req: ActionRequest,
-    /// The rendered URL (http), topic (emit) or nothing (log).
-    url: String,
-    /// The rendered body (http, emit) or message (log).
-    body: String,
+    /// The rendered, checked call.
+    call: Call,
     started: (i64, Instant),
 }
 

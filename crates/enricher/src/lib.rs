@@ -217,6 +217,9 @@ impl Enricher {
             schema_id,
             "bindings loaded"
         );
+        for field in spec.raw_fields() {
+            warn!(file = %settings.bindings_file.display(), template = %field, "template uses `raw`: its value is written unescaped, so whoever can publish the events behind it chooses that part of the request; keep it to trusted values (SECURITY.md, \"Escaping\")");
+        }
         Ok(Self::new(
             spec,
             sources,
@@ -444,8 +447,10 @@ impl Enricher {
         for binding in selected {
             let render = |name: &str| {
                 templates.render(name, &root).map_err(|e| {
+                    // Template names are `binding:<action>:<field>`.
+                    let field = name.rsplit(':').next().unwrap_or(name);
                     StageError::permanent(format!(
-                        "binding `{}` ({}:{}): {e}",
+                        "binding `{}` field `{field}` ({}:{}): {e}",
                         binding.action,
                         self.spec.file.display(),
                         binding.line

@@ -20,7 +20,7 @@
 //! [[lookup]]
 //! name = "service"
 //! kind = "http"                              # GET, JSON object flattened to strings, TTL cache
-//! url = "http://cmdb.local/services/{{ payload.pod | urlencode }}"
+//! url = "http://cmdb.local/services/{{ payload.pod }}"   # each value one encoded segment
 //! ttl_ms = 60000                             # default 60000
 //! cache_max_entries = 10000                  # default 10000
 //! timeout_ms = 2000                          # default 2000
@@ -31,7 +31,9 @@
 //! kind = "http"                              # "http", "emit" or "log"
 //! target = "https://k8s.local/api/v1/namespaces/{{ payload.namespace }}/pods/{{ payload.pod }}"
 //! params = { method = "DELETE", team = "{{ context.owner.team }}" }
-//! body = '{"reason": "{{ payload.reason }}"}'   # optional
+//! body = '{"reason": "{{ payload.reason }}"}'   # optional; JSON-escaped, must parse
+//! body_format = "json"                       # optional: "json" or "text" (default: json when
+//!                                            # the body starts with `{` or `[`)
 //! when_types = ["io.k8s.pod.crashloop"]       # optional: only events of these ce_type values
 //! when_rules = ["crashloop-remediation"]     # optional: only events the router sent by these rules
 //! dry_run = false
@@ -41,6 +43,14 @@
 //! without the `ce_` prefix), `payload` (the decoded Avro record), `key`, `topic`, `headers`
 //! (UTF-8 headers by name) and, in bindings only, `context.<lookup name>` (a map of strings).
 //! Lookup key and URL templates cannot read `context`: lookups run concurrently.
+//!
+//! Values are escaped for where they land ([`reflex_core::template::Escape`]): in http lookup
+//! URLs and in an http binding's URL `target` each value is one encoded path segment or query
+//! value (scheme and host are literal); in Redis lookup keys `:`, `*`, `{`, `}`, whitespace and
+//! the like are percent-encoded, so a value is one key segment under the literal text; in JSON
+//! bodies values are JSON-escaped and the body must parse. File lookup keys, `params` and other
+//! targets are data the actor escapes where it uses them. `{{ x | raw }}` opts out (warned at
+//! start-up).
 //! A lookup with `on_missing = "skip"` leaves `context.<name>` undefined, and strict templates
 //! fail on undefined values (the event is dead-lettered), so templates reading it need a
 //! fallback: `{{ context.svc.tier if context.svc is defined else 'none' }}`.
@@ -56,7 +66,7 @@ use std::time::Duration;
 
 use reflex_core::actions::ActionKind;
 use reflex_core::line_of;
-use reflex_core::template::Templates;
+use reflex_core::template::{Escape, Templates};
 use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
@@ -232,6 +242,8 @@ struct RawBinding {
     #[serde(default)]
     body: Option<Spanned<String>>,
     #[serde(default)]
+    body_format: Option<Spanned<String>>,
+    #[serde(default)]
     when_types: Vec<String>,
     #[serde(default)]
     when_rules: Vec<String>,
@@ -360,10 +372,16 @@ impl Spec {
             }
             let template_name = format!("lookup:{name}:{field}");
             let tline = cx.line(template);
+            // File keys only pick a row of the table; Redis keys and URLs are destinations.
+            let escape = match kind {
+                "redis" => Escape::RedisKey,
+                "http" => Escape::Url,
+                _ => Escape::None,
+            };
             compile(
                 &cx,
                 &mut templates,
-                &template_name,
+                (&template_name, escape),
                 template.get_ref(),
                 tline,
                 &owner,
@@ -476,39 +494,68 @@ impl Spec {
                     ))
                 }
             };
-            let mut compile_field =
-                |field: &str, source: &Spanned<String>| -> Result<String, SpecError> {
-                    let name = format!("binding:{action}:{field}");
-                    compile(
-                        &cx,
-                        &mut templates,
-                        &name,
-                        source.get_ref(),
-                        cx.line(source),
-                        &owner,
-                        field,
-                        &lookup_names,
-                        true,
-                        &mut payload_uses,
-                    )?;
-                    Ok(name)
-                };
-            let target = compile_field("target", &raw.target)?;
-            if kind == ActionKind::Http && raw.target.get_ref().contains("://") {
+            let mut compile_field = |field: &str,
+                                     source: &Spanned<String>,
+                                     escape: Escape|
+             -> Result<String, SpecError> {
+                let name = format!("binding:{action}:{field}");
+                compile(
+                    &cx,
+                    &mut templates,
+                    (&name, escape),
+                    source.get_ref(),
+                    cx.line(source),
+                    &owner,
+                    field,
+                    &lookup_names,
+                    true,
+                    &mut payload_uses,
+                )?;
+                Ok(name)
+            };
+            // A URL target is escaped as a URL; any other target and the params are data the
+            // actor escapes where its templates use them.
+            let url_target = kind == ActionKind::Http && raw.target.get_ref().contains("://");
+            if url_target {
                 check_url_prefix(raw.target.get_ref())
                     .map_err(|m| cx.err(cx.line(&raw.target), o, Some("target"), m))?;
             }
+            let target = compile_field(
+                "target",
+                &raw.target,
+                if url_target {
+                    Escape::Url
+                } else {
+                    Escape::None
+                },
+            )?;
             let mut params = Vec::new();
             for (param, source) in &raw.params {
                 params.push((
                     param.clone(),
-                    compile_field(&format!("params.{param}"), source)?,
+                    compile_field(&format!("params.{param}"), source, Escape::None)?,
                 ));
             }
+            let body_escape = match raw.body_format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+                None => raw
+                    .body
+                    .as_ref()
+                    .map_or(Escape::None, |b| Escape::for_body(None, b.get_ref())),
+                Some((_, "json")) => Escape::Json,
+                Some((_, "text")) => Escape::None,
+                Some((f, other)) => {
+                    return Err(cx.err(
+                        cx.line(f),
+                        o,
+                        Some("body_format"),
+                        format!("`{other}`: use \"json\" (values JSON-escaped, the body must parse) or \"text\" (values as they are)"),
+                    ))
+                }
+            };
             let body = raw
                 .body
                 .as_ref()
-                .map(|b| compile_field("body", b))
+                .map(|b| compile_field("body", b, body_escape))
                 .transpose()?;
             bindings.push(Binding {
                 action,
@@ -550,6 +597,30 @@ impl Spec {
         Ok(())
     }
 
+    /// The templates that use `raw` (values written unescaped), as ``binding `x` field
+    /// `body` `` / ``lookup `y` field `url` ``: the enricher warns about each at start-up,
+    /// `reflexctl rules test` lists them.
+    pub fn raw_fields(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.lookups {
+            if self.templates.uses_raw(&l.key_template) {
+                let field = l.key_template.rsplit(':').next().unwrap_or_default();
+                out.push(format!("lookup `{}` field `{field}`", l.name));
+            }
+        }
+        for b in &self.bindings {
+            let fields = std::iter::once(("target".to_string(), &b.target))
+                .chain(b.params.iter().map(|(p, t)| (format!("params.{p}"), t)))
+                .chain(b.body.iter().map(|t| ("body".to_string(), t)));
+            for (field, template) in fields {
+                if self.templates.uses_raw(template) {
+                    out.push(format!("binding `{}` field `{field}`", b.action));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether any lookup reads Redis.
     pub fn uses_redis(&self) -> bool {
         self.lookups
@@ -563,7 +634,7 @@ impl Spec {
 fn compile(
     cx: &Ctx<'_>,
     templates: &mut Templates,
-    name: &str,
+    (name, escape): (&str, Escape),
     source: &str,
     line: usize,
     owner: &str,
@@ -573,7 +644,7 @@ fn compile(
     payload_uses: &mut Vec<PayloadUse>,
 ) -> Result<(), SpecError> {
     let err = |m: String| cx.err(line, Some(owner), Some(field), m);
-    let vars = templates.add(name, source).map_err(|e| {
+    let vars = templates.add_escaped(name, source, escape).map_err(|e| {
         // The template's own line, counted from the field's line (multi-line strings).
         let line = line + e.line.unwrap_or(1).saturating_sub(1);
         cx.err(

@@ -523,3 +523,80 @@ async fn http_lookups_are_cached_with_hits_and_misses_counted() {
     short.fetch("owner", &url("shop")).await.unwrap();
     assert_eq!(short.stats(), (0, 2));
 }
+
+#[tokio::test]
+async fn event_values_are_escaped_where_they_land_or_refused() {
+    let spec = Spec::load(&with_table(FILE_BINDINGS)).unwrap();
+    let e = enricher(spec);
+    // The namespace row is missing (default used), so the hostile value reaches every template.
+    let hostile = "x/../../kube-system?a=1#f\"}, \"admin\": true, \"y\": {\"";
+    let mut input = event("shop", "evt-h");
+    input.headers.set("traceparent", hostile);
+    input.key = Some(Bytes::from(hostile));
+    let request = decode(&e.process(&input).await.unwrap()[0]);
+    let body: serde_json::Value = serde_json::from_str(request.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["trace"], hostile, "one JSON string, nothing added");
+    assert_eq!(body["key"], hostile);
+    assert_eq!(body.as_object().unwrap().len(), 3);
+
+    let refused = event("..", "evt-dots");
+    let err = e.process(&refused).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains("binding `restart-pod`")
+            && err.message.contains("field")
+            && err.message.contains("refused")
+            && err.message.contains("path traversal"),
+        "{}",
+        err.message
+    );
+
+    let slash = event("a/../../b?c#d", "evt-slash");
+    let request = decode(&e.process(&slash).await.unwrap()[0]);
+    assert_eq!(
+        request.target,
+        "https://k8s/api/namespaces/a%2F..%2F..%2Fb%3Fc%23d/pods/api-1"
+    );
+}
+
+#[test]
+fn lookup_keys_and_urls_are_escaped_and_raw_is_listed() {
+    let spec = parse(
+        r#"
+[[lookup]]
+name = "owner"
+kind = "redis"
+key = "owners:{{ payload.namespace }}"
+
+[[lookup]]
+name = "svc"
+kind = "http"
+url = "http://cmdb/services/{{ payload.pod }}?ns={{ payload.namespace }}"
+
+[[binding]]
+action = "a"
+kind = "http"
+target = "{{ payload.pod | raw }}"
+body = "reason={{ payload.reason }}"
+"#,
+    )
+    .unwrap();
+    let root = serde_json::json!({"payload": {"namespace": "x:*{admin}", "pod": "../p?q#"}});
+    assert_eq!(
+        spec.templates.render("lookup:owner:key", &root).unwrap(),
+        "owners:x%3A%2A%7Badmin%7D"
+    );
+    assert_eq!(
+        spec.templates.render("lookup:svc:url", &root).unwrap(),
+        "http://cmdb/services/..%2Fp%3Fq%23?ns=x%3A%2A%7Badmin%7D"
+    );
+    assert_eq!(spec.raw_fields(), ["binding `a` field `target`"]);
+    // A text body keeps values as they are (nothing to inject into); JSON can be declared.
+    assert_eq!(
+        spec.templates
+            .escape_of(spec.bindings[0].body.as_deref().unwrap()),
+        reflex_core::template::Escape::None
+    );
+    let e = err("[[binding]]\naction = \"a\"\nkind = \"log\"\ntarget = \"t\"\nbody = \"x\"\nbody_format = \"xml\"\n");
+    assert!(e.contains("body_format") && e.contains("`xml`"), "{e}");
+}

@@ -4,7 +4,8 @@
 //! code, in process, with nothing called: the router's [`Router::verdict`] (envelope, decoding,
 //! CEL rules), then the enricher's stage (file lookups answer from their tables; Redis and HTTP
 //! lookups are not called, so such packs stop at the bindings they select), then the actor's
-//! compiled action templates render the call it would make. Guardrails that can be known
+//! compiled action templates render the call it would make, escaped and checked by the same code
+//! the actor runs ([`reflex_actor::call`]), with templates using `raw` marked. Guardrails that can be known
 //! without Redis are applied: dry run (worker, action or request) and the blast-radius cap,
 //! counted over the file as if the window had just started. Nothing is produced, claimed or
 //! sent; the registry is not asked either (the pack's own schema files are used).
@@ -23,7 +24,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use reflex_actor::config::{compile, Action, Kind};
+use reflex_actor::call::{self, Call};
+use reflex_actor::config::{compile, Action};
 use reflex_actor::{ActorConfig, ACTOR_DEFAULTS};
 use reflex_core::actions::{ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
 use reflex_core::headers::reflex as rh;
@@ -45,8 +47,10 @@ pub const LONG_ABOUT: &str = "Shadow mode for rules: run recorded events through
 pack's router rules, enricher bindings and actor actions, in process, with every action \
 stubbed, and print per event what would happen: the matching rule and destination topics (or \
 which rule dropped or dead-lettered it), the action requests the enricher would bind, and the \
-call the actor would make (method, URL, headers, body), or DRY_RUN / PARKED when a guardrail \
-holds it. The blast-radius cap is counted over the file as if its window had just started. \
+call the actor would make (method, URL, headers, body; every value escaped exactly as the actor \
+escapes it, or the refusal the actor would dead-letter), or DRY_RUN / PARKED when a guardrail \
+holds it. Templates using `raw` (unescaped values) are listed as warnings and marked under \
+the calls they shape. The blast-radius cap is counted over the file as if its window had just started. \
 Nothing is produced and no broker, registry, Redis or target is contacted.\n\n\
 The pack directory holds pack.toml ([events] topic, type, source, key_field, file), \
 router.toml, enricher.toml, actor.toml and topics/*.toml; run it from where the workers run \
@@ -230,6 +234,7 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
     let enricher_config: EnricherConfig = worker_config(pack, "enricher.toml", ENRICHER_DEFAULTS)?;
     let settings = &enricher_config.enricher;
     let spec = Spec::load(&settings.bindings_file)?;
+    let mut raw: Vec<String> = spec.raw_fields();
     for input in &enricher_config.kafka.input_topics {
         spec.check_schema(input, &subject, &schema_text)?;
     }
@@ -276,6 +281,11 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
         Some((&actor_path, &actor_text)),
         &|_| Some("shadow-mode".into()),
     )?;
+    for action in &actions {
+        for field in call::raw_fields(action, &templates) {
+            raw.push(format!("action `{}` field `{field}`", action.settings.name));
+        }
+    }
 
     // Events, each checked against the schema before anything runs (as `publish` does).
     let events_name = events_path.display().to_string();
@@ -317,6 +327,12 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
         plural(rule_count, "rule"),
         plural(events.len(), "event")
     );
+    for template in &raw {
+        let _ = writeln!(
+            out,
+            "warning: {template} uses `raw`: its value is written unescaped (event data can steer that part)"
+        );
+    }
     if !remote.is_empty() {
         let _ = writeln!(
             out,
@@ -501,49 +517,35 @@ fn act(
             req.action
         ));
     };
-    let render = |field: &str| {
-        templates
-            .render(&action.template_name(field), req)
-            .map_err(|e| {
-                format!(
-                    "action `{}` field `{field}` cannot be rendered for this request: {e}",
-                    req.action
-                )
-            })
-    };
-    let body = match action.settings.body {
-        Some(_) => render("body"),
-        None => Ok(req.body.clone().unwrap_or_default()),
-    };
-    // The call, rendered exactly as the actor renders it.
-    let call = (|| -> Result<String, String> {
-        Ok(match &action.kind {
-            Kind::Http {
-                method, headers, ..
+    // The call, rendered, escaped and checked exactly as the actor does it.
+    let raw = call::raw_fields(action, templates);
+    let call = call::render(action, templates, req).map(|call| {
+        let mut text = match call {
+            Call::Http {
+                method,
+                url,
+                headers,
+                body,
             } => {
-                let method = match method {
-                    Some(m) => m.to_string(),
-                    None => render("method")?,
-                };
-                let mut text = format!("call {method} {}\n", render("url")?);
                 let mut shown = vec![format!("idempotency-key: {}", req.idempotency_key)];
-                for name in headers {
-                    shown.push(format!("{name}: {}", render(&format!("header.{name}"))?));
-                }
-                let _ = writeln!(text, "             headers: {}", shown.join(", "));
-                let _ = write!(text, "             body: {}", body.clone()?);
-                text
+                shown.extend(
+                    headers
+                        .iter()
+                        .map(|(name, value)| format!("{name}: {value}")),
+                );
+                format!(
+                    "call {method} {url}\n             headers: {}\n             body: {body}",
+                    shown.join(", ")
+                )
             }
-            Kind::Emit { topic } => format!("emit to {topic}: {}", body.clone()?),
-            Kind::Log => match action.settings.message {
-                Some(_) => format!("log: {}", render("message")?),
-                None => format!(
-                    "log: action {} on {} for event {}",
-                    req.action, req.target, req.event_id
-                ),
-            },
-        })
-    })();
+            Call::Emit { topic, body } => format!("emit to {topic}: {body}"),
+            Call::Log { message } => format!("log: {message}"),
+        };
+        if !raw.is_empty() {
+            let _ = write!(text, "\n             raw (unescaped): {}", raw.join(", "));
+        }
+        text
+    });
     let call = match call {
         Ok(call) => call,
         Err(message) => return dead(message),
@@ -643,6 +645,60 @@ mod tests {
         );
         assert!(
             report.contains("would call DELETE http://127.0.0.1:18080/api/v1/namespaces/shop/pods/checkout-7d9f"),
+            "{report}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hostile_event_values_are_shown_escaped_and_raw_is_marked() {
+        let (_dir, pack) = pack_copy();
+        let events = pack.join("hostile.jsonl");
+        // The issue's examples: a pod name that walks the path, a reason that rewrites the body.
+        let event = |namespace: &str, pod: &str, reason: &str| {
+            serde_json::json!({"cluster": "c", "namespace": namespace, "pod": pod,
+                "reason": reason, "restart_count": 4, "seq": 1})
+            .to_string()
+        };
+        let reason = r#""}, "restart_count": 0, "x": {"a":""#;
+        std::fs::write(
+            &events,
+            format!(
+                "{}\n{}\n",
+                event("shop", "../../kube-system/pods/coredns", reason),
+                event("..", "p", "r")
+            ),
+        )
+        .unwrap();
+        let mut a = args(&pack);
+        a.events = Some(events);
+        let report = shadow(&a).await.unwrap();
+        assert!(
+            report.contains("would call DELETE http://127.0.0.1:18080/api/v1/namespaces/shop/pods/..%2F..%2Fkube-system%2Fpods%2Fcoredns\n"),
+            "{report}"
+        );
+        assert!(
+            report.contains(r#"body: {"reason": "\"}, \"restart_count\": 0, \"x\": {\"a\":\"", "restart_count": 4}"#),
+            "{report}"
+        );
+        assert!(
+            report.contains("actor: dead letter (permanent): action `restart-pod` field `url` cannot be rendered for this request: template `restart-pod.url`: refused: a value makes the path segment `..`"),
+            "{report}"
+        );
+        assert!(!report.contains("raw"), "{report}");
+
+        let actor = pack.join("actor.toml");
+        let text = std::fs::read_to_string(&actor)
+            .unwrap()
+            .replace("\"{{ params.team }}\"", "\"{{ params.team | raw }}\"");
+        std::fs::write(&actor, text).unwrap();
+        let report = shadow(&a).await.unwrap();
+        assert!(
+            report
+                .contains("warning: action `restart-pod` field `header.x-reflex-owner` uses `raw`"),
+            "{report}"
+        );
+        assert!(
+            report.contains("\n             raw (unescaped): header.x-reflex-owner\n"),
             "{report}"
         );
     }
