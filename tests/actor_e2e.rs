@@ -468,6 +468,44 @@ async fn dynamic_replica_sigkilled_mid_stream_consumer_protocol() {
     dynamic_replica_sigkilled_mid_stream("consumer").await;
 }
 
+/// Under KIP-848 the broker owns the session timeout and the assignment: every worker refuses
+/// those settings before it talks to anything, naming the setting (exit 2, configuration).
+#[test]
+fn every_worker_refuses_settings_the_broker_owns_under_the_consumer_protocol() {
+    for bin in [
+        "reflex-router",
+        "reflex-enricher",
+        "reflex-actor",
+        "reflex-reprocessor",
+    ] {
+        for (var, value, named) in [
+            (
+                "REFLEX_KAFKA__SESSION_TIMEOUT_MS",
+                "6000",
+                "kafka.session_timeout_ms",
+            ),
+            (
+                "REFLEX_KAFKA__ASSIGNMENT_STRATEGY",
+                "range",
+                "kafka.assignment_strategy",
+            ),
+        ] {
+            let out = std::process::Command::new(reflex_testkit::workspace_bin(bin))
+                .env("REFLEX_KAFKA__GROUP_PROTOCOL", "consumer")
+                .env(var, value)
+                .env("REFLEX_KAFKA__INPUT_TOPICS", "[\"t\"]")
+                .output()
+                .expect("run the worker");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bin} with {var}: {stderr}");
+            assert!(
+                stderr.contains(named) && stderr.contains("group_protocol"),
+                "{bin} with {var}: {stderr}"
+            );
+        }
+    }
+}
+
 /// Two replicas share one fleet-wide rate limit through Redis; measured at the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_rate_limit_holds_across_two_replicas() {

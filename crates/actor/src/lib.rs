@@ -983,6 +983,9 @@ impl reflex_runtime::worker::WorkerConfig for ActorConfig {
     fn telemetry(&self) -> &reflex_runtime::TelemetrySettings {
         &self.telemetry
     }
+    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
+        &self.kafka
+    }
 }
 
 impl Stage for Actor {

@@ -360,6 +360,9 @@ impl reflex_runtime::worker::WorkerConfig for EnricherConfig {
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
     }
+    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
+        &self.kafka
+    }
 }
 
 impl Stage for Enricher {

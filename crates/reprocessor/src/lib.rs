@@ -62,6 +62,9 @@ impl WorkerConfig for ReprocessorConfig {
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
     }
+    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
+        &self.kafka
+    }
 }
 
 /// Reprocessor-specific settings.

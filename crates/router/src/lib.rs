@@ -479,6 +479,9 @@ impl reflex_runtime::worker::WorkerConfig for RouterConfig {
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
     }
+    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
+        &self.kafka
+    }
 }
 
 impl Stage for Router {

@@ -10,11 +10,15 @@ use std::process::ExitCode;
 
 use serde::de::DeserializeOwned;
 
-use crate::config::{load, TelemetrySettings, RUNTIME_DEFAULTS};
+use crate::client_config::consumer_config;
+use crate::config::{load, KafkaSettings, TelemetrySettings, RUNTIME_DEFAULTS};
 
 /// What the shared `main` needs from a worker's configuration.
 pub trait WorkerConfig: DeserializeOwned {
     fn telemetry(&self) -> &TelemetrySettings;
+    /// Checked at start, before the worker talks to anything, so contradicting Kafka settings
+    /// are a configuration error (exit 2), not a failure after the registry or Redis answered.
+    fn kafka(&self) -> &KafkaSettings;
 }
 
 /// The shutdown signal handed to a worker's `run`.
@@ -67,6 +71,10 @@ impl Worker<'_> {
                 return ExitCode::from(2);
             }
         };
+        if let Err(e) = consumer_config(config.kafka(), self.name) {
+            eprintln!("{}: invalid configuration: {e}", self.name);
+            return ExitCode::from(2);
+        }
         crate::telemetry::init(config.telemetry());
         match run(config, config_file, Box::pin(crate::shutdown::signal())).await {
             Ok(()) => ExitCode::SUCCESS,
