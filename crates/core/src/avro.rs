@@ -3,7 +3,7 @@
 //!
 //! These use `apache-avro`, whose JSON resolution handles unions, enums and defaults the way
 //! people expect when typing JSON by hand. The workers' hot path decodes with `serde_avro_fast`
-//! instead (measured several times faster, see CONVENTIONS.md and BENCHMARKS.md).
+//! instead (measured faster: ARCHITECTURE.md, "Decisions").
 
 use std::collections::HashMap;
 

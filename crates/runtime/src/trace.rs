@@ -1,6 +1,6 @@
 //! Trace context through Kafka headers: one `process {topic}` span per event, a child of the
 //! producer's context from the `traceparent` header, with the OpenTelemetry messaging attribute
-//! names (CONVENTIONS.md); every record the event produces carries this span's context.
+//! names (current semantic conventions, not the deprecated ones); every record the event produces carries this span's context.
 
 use opentelemetry::propagation::{Extractor, Injector};
 use reflex_core::headers::{ce, Headers};
