@@ -30,6 +30,7 @@ use reflex_core::registry::{RegistryClient, RegistryError};
 
 pub mod dlq;
 pub mod lag;
+pub mod prom;
 pub mod publish;
 pub mod replay;
 pub mod rules_test;
