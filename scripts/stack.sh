@@ -105,16 +105,54 @@ sys.exit(0 if md.brokers else 1)
 EOF
 }
 
+# Certificates and SCRAM credentials for the broker's secured listeners, made fresh per run:
+# a CA, the broker's certificate for 127.0.0.1, a client certificate for mutual TLS
+# (CN=reflex-router, so principal User:reflex-router), a second CA nobody trusts (for the
+# "untrusted certificate" test), and one random password file per SCRAM user.
+SCRAM_USERS=(reflex-router reflex-enricher reflex-actor reflex-reprocessor reflex-operator reflex-no-acl)
+make_security() {
+  local dir="$1"
+  mkdir -p "$dir" && chmod 700 "$dir"
+  command -v openssl >/dev/null || { log "openssl is needed for the broker's TLS listeners: apt-get install openssl"; return 1; }
+  ( cd "$dir"
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+    ca() { # name subject
+      key "$1.key"
+      openssl req -x509 -new -key "$1.key" -days 2 -subj "$2" -out "$1.pem" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    }
+    leaf() { # name subject extensions
+      key "$1.key"
+      openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
+      printf '%s\n' "$3" > "$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    ca ca "/CN=reflex test CA"
+    ca untrusted-ca "/CN=reflex untrusted CA"
+    leaf broker "/CN=localhost" "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"
+    leaf client "/CN=reflex-router" "extendedKeyUsage=clientAuth"
+    # Kafka's PEM key store: the private key (PKCS#8) followed by the certificate.
+    cat broker.key broker.pem > broker-keystore.pem
+    for user in "${SCRAM_USERS[@]}"; do openssl rand -hex 16 > "$user.password"; done
+    chmod 600 ./*.key ./*.password broker-keystore.pem )
+}
+
 start_broker() {
   if [[ -n "${REFLEX_TEST_BOOTSTRAP:-}" ]]; then log "using external broker $REFLEX_TEST_BOOTSTRAP"; return; fi
   ensure_kafka_classpath
-  local port cport dir="$WORK/kafka"
-  port=$(free_port); cport=$(free_port)
+  local port sport mport cport dir="$WORK/kafka" sec="$WORK/security"
+  port=$(free_port); sport=$(free_port); mport=$(free_port); cport=$(free_port)
   mkdir -p "$dir/data"
+  make_security "$sec"
   { cat "$ROOT/ops/kafka/server.properties"
     echo "controller.quorum.voters=1@127.0.0.1:$cport"
-    echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
-    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+    echo "listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,SSL://127.0.0.1:$mport,CONTROLLER://127.0.0.1:$cport"
+    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,SSL://127.0.0.1:$mport"
+    echo "ssl.keystore.location=$sec/broker-keystore.pem"
+    echo "ssl.truststore.location=$sec/ca.pem"
     echo "log.dirs=$dir/data"
   } > "$dir/server.properties"
   # One script starts the broker, now and when a fault test restarts it on the same data.
@@ -124,10 +162,14 @@ exec java ${REFLEX_STACK_KAFKA_HEAP:--Xmx1g -Xms256m} -cp "\$(cat '$KAFKA_CLASSP
   -Dlog4j2.configurationFile='$ROOT/ops/kafka/log4j2.yaml' kafka.Kafka '$dir/server.properties'
 EOF
   chmod +x "$dir/run"
-  local cp; cp=$(cat "$KAFKA_CLASSPATH_FILE")
+  local cp user scram=(); cp=$(cat "$KAFKA_CLASSPATH_FILE")
+  # SCRAM users are created by Kafka's own storage tool, in the cluster's first metadata.
+  for user in "${SCRAM_USERS[@]}"; do
+    scram+=(--add-scram "SCRAM-SHA-512=[name=\"$user\",password=\"$(cat "$sec/$user.password")\"]")
+  done
   java -cp "$cp" -Dlog4j2.configurationFile="$ROOT/ops/kafka/log4j2.yaml" kafka.tools.StorageTool \
     format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" -c "$dir/server.properties" \
-    > "$WORK/kafka-format.log" 2>&1 || { log "formatting Kafka's log directory failed:"; cat "$WORK/kafka-format.log" >&2; return 1; }
+    "${scram[@]}" > "$WORK/kafka-format.log" 2>&1 || { log "formatting Kafka's log directory failed:"; cat "$WORK/kafka-format.log" >&2; return 1; }
   spawn broker "$dir/run"
   export REFLEX_TEST_BROKER_PID="${PIDS[-1]}" REFLEX_TEST_BROKER_RUN="$dir/run"
   local deadline=$((SECONDS + 90))
@@ -138,7 +180,9 @@ EOF
     sleep 0.3
   done
   export REFLEX_TEST_BOOTSTRAP="127.0.0.1:$port"
-  log "Apache Kafka on $REFLEX_TEST_BOOTSTRAP"
+  export REFLEX_TEST_SASL_BOOTSTRAP="127.0.0.1:$sport" REFLEX_TEST_MTLS_BOOTSTRAP="127.0.0.1:$mport"
+  export REFLEX_TEST_SECURITY_DIR="$sec" REFLEX_TEST_KAFKA_CLASSPATH_FILE="$KAFKA_CLASSPATH_FILE"
+  log "Apache Kafka on $REFLEX_TEST_BOOTSTRAP (SASL_SSL/SCRAM-SHA-512 on $REFLEX_TEST_SASL_BOOTSTRAP, mutual TLS on $REFLEX_TEST_MTLS_BOOTSTRAP)"
 }
 
 start_redis() {

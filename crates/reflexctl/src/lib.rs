@@ -16,6 +16,8 @@
 //!   bindings and actions, in process, with every action stubbed.
 //! - `lag`: consumer-group lag in offsets and seconds with a Burrow-style status; `--serve`
 //!   turns it into a Prometheus exporter.
+//! - `acls apply` / `acls check`: make the cluster's ACLs for Reflex's principals match a
+//!   declaration file (`ops/security/kafka-acls.toml`), or compare them.
 //!
 //! Exit codes: 0 success, 1 a check failed (incompatible schema, refused topic change), 2 an
 //! error (bad input, unreachable broker or registry) or bad usage.
@@ -28,6 +30,7 @@ use clap::{Args, Parser, Subcommand};
 use rdkafka::config::ClientConfig;
 use reflex_core::registry::{RegistryClient, RegistryError};
 
+pub mod acls;
 pub mod dlq;
 pub mod lag;
 pub mod prom;
@@ -130,6 +133,9 @@ pub enum Command {
     /// Shadow mode: run recorded events through a scenario pack's rules, actions stubbed.
     #[command(subcommand)]
     Rules(rules_test::RulesCommand),
+    /// Least-privilege Kafka ACLs per Reflex principal: apply or check a declaration file.
+    #[command(subcommand, long_about = acls::LONG_ABOUT)]
+    Acls(acls::AclsCommand),
 }
 
 /// Runs one command; `Ok` carries the exit code (1 when a check failed).
@@ -143,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lag(args) => lag::run(&global, args).await,
         Command::Dlq(cmd) => dlq::run(&global, cmd).await,
         Command::Rules(rules_test::RulesCommand::Test(args)) => rules_test::run(args).await,
+        Command::Acls(cmd) => acls::run(&global, cmd).await,
     };
     result.map_err(|e| {
         let unreachable = e.chain().any(|cause| {
