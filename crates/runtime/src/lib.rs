@@ -39,6 +39,7 @@ pub mod dead_letter;
 pub mod http;
 pub mod offsets;
 pub mod park;
+pub mod preflight;
 mod run;
 pub mod shutdown;
 pub mod stage;

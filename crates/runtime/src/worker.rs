@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 
 use crate::client_config::consumer_config;
 use crate::config::{load, KafkaSettings, TelemetrySettings, RUNTIME_DEFAULTS};
+use crate::preflight::{self, PreflightError};
+
+/// How long the start-up check waits for the broker before starting anyway.
+const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the shared `main` needs from a worker's configuration.
 pub trait WorkerConfig: DeserializeOwned {
@@ -71,11 +75,19 @@ impl Worker<'_> {
                 return ExitCode::from(2);
             }
         };
-        if let Err(e) = consumer_config(config.kafka(), self.name) {
-            eprintln!("{}: invalid configuration: {e}", self.name);
-            return ExitCode::from(2);
-        }
+        let client = match consumer_config(config.kafka(), self.name) {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("{}: invalid configuration: {e}", self.name);
+                return ExitCode::from(2);
+            }
+        };
         crate::telemetry::init(config.telemetry());
+        if let Err(e) = self.check_kafka(client, config.kafka()).await {
+            tracing::error!(error = %e, "{} cannot use Kafka", self.name);
+            eprintln!("{}: {e}", self.name);
+            return ExitCode::FAILURE;
+        }
         match run(config, config_file, Box::pin(crate::shutdown::signal())).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -83,6 +95,36 @@ impl Worker<'_> {
                 eprintln!("{}: {e:#}", self.name);
                 ExitCode::FAILURE
             }
+        }
+    }
+
+    /// The Kafka start-up check ([`crate::preflight`]): a refused password or certificate or a
+    /// missing ACL stops the worker; a broker that does not answer yet does not (librdkafka
+    /// keeps trying, as it would later).
+    async fn check_kafka(
+        &self,
+        mut client: rdkafka::ClientConfig,
+        kafka: &KafkaSettings,
+    ) -> Result<(), PreflightError> {
+        let mut secrets = std::collections::BTreeMap::new();
+        // Secrets are refused here only by the worker's own start-up, with its wording.
+        if reflex_core::secrets::apply_kafka_secrets(&mut secrets, std::env::vars()).is_ok() {
+            for (property, value) in secrets {
+                client.set(property, value);
+            }
+        }
+        let kafka = kafka.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            preflight::check(&client, &kafka, PREFLIGHT_TIMEOUT)
+        })
+        .await
+        .unwrap_or(Ok(()));
+        match result {
+            Err(e @ PreflightError::Unreachable { .. }) => {
+                tracing::warn!(error = %e, "{} starts without a Kafka answer", self.name);
+                Ok(())
+            }
+            other => other,
         }
     }
 }
