@@ -16,6 +16,8 @@
 //!   bindings and actions, in process, with every action stubbed.
 //! - `lag`: consumer-group lag in offsets and seconds with a Burrow-style status; `--serve`
 //!   turns it into a Prometheus exporter.
+//! - `top`: a live terminal view of a running fleet from its workers' `/metrics` or a
+//!   Prometheus server ([`top`]: its model and rendering are public for other live views).
 //!
 //! Exit codes: 0 success, 1 a check failed (incompatible schema, refused topic change), 2 an
 //! error (bad input, unreachable broker or registry) or bad usage.
@@ -36,6 +38,7 @@ pub mod replay;
 pub mod rules_test;
 pub mod schemas;
 pub mod tail;
+pub mod top;
 pub mod topics;
 
 /// How long to wait for broker metadata before calling the broker unreachable.
@@ -58,6 +61,7 @@ echo '{\"cluster\":\"prod\",\"namespace\":\"shop\",\"pod\":\"api-7\",\"reason\":
 | reflexctl publish --topic reflex.events.k8s --type io.k8s.pod.crashloop --key-field pod\n  \
 reflexctl tail --topic reflex.events.k8s --from-beginning --max 10 --timeout-ms 5000\n  \
 reflexctl lag --group reflex-router\n  \
+reflexctl top --metrics 127.0.0.1:9101 --metrics 127.0.0.1:9104\n  \
 reflexctl rules test examples/crash-loop --events examples/crash-loop/events.jsonl"
 )]
 pub struct Cli {
@@ -130,6 +134,9 @@ pub enum Command {
     /// Shadow mode: run recorded events through a scenario pack's rules, actions stubbed.
     #[command(subcommand)]
     Rules(rules_test::RulesCommand),
+    /// Live view of a running fleet: rates, lag, actions, breakers, kill switch, workers down.
+    #[command(long_about = top::LONG_ABOUT)]
+    Top(top::TopArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code (1 when a check failed).
@@ -143,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lag(args) => lag::run(&global, args).await,
         Command::Dlq(cmd) => dlq::run(&global, cmd).await,
         Command::Rules(rules_test::RulesCommand::Test(args)) => rules_test::run(args).await,
+        Command::Top(args) => top::run(args).await,
     };
     result.map_err(|e| {
         let unreachable = e.chain().any(|cause| {
