@@ -127,12 +127,28 @@ pub async fn scrape(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{url}: {}", cause(&e)))?;
     if !response.status().is_success() {
         return Err(format!("{url}: HTTP {}", response.status()));
     }
-    let text = response.text().await.map_err(|e| format!("{url}: {e}"))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("{url}: {}", cause(&e)))?;
     Ok(Samples::parse(&text))
+}
+
+/// What went wrong, in the words an operator acts on: reqwest's own message only says that
+/// sending failed, the innermost cause says why ("Connection refused", a DNS failure).
+fn cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_string();
+    }
+    let mut innermost: &dyn std::error::Error = e;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
