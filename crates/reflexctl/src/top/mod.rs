@@ -132,7 +132,11 @@ impl Source {
     pub async fn read(&self, client: &reqwest::Client, timeout: Duration) -> Vec<Reading> {
         match self {
             Source::Metrics(url) => {
-                let result = prom::scrape(client, url, timeout).await;
+                // The view prints the worker next to its error: the URL once is enough.
+                let result = prom::scrape(client, url, timeout).await.map_err(|e| {
+                    e.strip_prefix(&format!("{url}: "))
+                        .map_or(e.clone(), str::to_string)
+                });
                 vec![Reading {
                     worker: url.clone(),
                     result,

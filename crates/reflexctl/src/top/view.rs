@@ -109,12 +109,10 @@ fn stages_table(fleet: &Fleet) -> Table<'static> {
 fn stage_row(row: &StageRow) -> Row<'static> {
     let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
     if row.workers == 0 {
-        return Row::new(vec![
-            Cell::from(row.stage.clone()),
-            Cell::from("-"),
-            Cell::from("not watched"),
-        ])
-        .style(Style::default().add_modifier(Modifier::DIM));
+        // No worker of this stage is watched: dashes, not zeros, which would claim it is idle.
+        let mut cells = vec![Cell::from(row.stage.clone()), Cell::from("-")];
+        cells.extend((2..STAGE_COLUMNS.len()).map(|_| right("-".into())));
+        return Row::new(cells).style(Style::default().add_modifier(Modifier::DIM));
     }
     let (status, style) = if row.up == 0 {
         ("DOWN", alarm())
@@ -453,8 +451,18 @@ mod tests {
 
     #[test]
     fn an_empty_fleet_and_a_small_screen_render_without_panicking() {
-        let text = render_text(&Fleet::default(), 80, 24);
+        let text = render_text(&Fleet::compute(&[], &Default::default()), 80, 24);
         assert!(text.contains("0/0 workers up"), "{text}");
+        let actor: Vec<&str> = text
+            .lines()
+            .find(|l| l.contains("actor"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            actor,
+            ["│", "actor", "-", "-", "-", "-", "-", "-", "-", "-", "-", "│"]
+        );
         assert!(text.contains("no actor watched"), "{text}");
         assert!(text.contains("kill switch - (no actor)"), "{text}");
         for (w, h) in [(20, 5), (1, 1), (200, 60)] {
