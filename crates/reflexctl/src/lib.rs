@@ -18,6 +18,8 @@
 //!   turns it into a Prometheus exporter.
 //! - `acls apply` / `acls check`: make the cluster's ACLs for Reflex's principals match a
 //!   declaration file (`ops/security/kafka-acls.toml`), or compare them.
+//! - `top`: a live terminal view of a running fleet from its workers' `/metrics` or a
+//!   Prometheus server ([`top`]: its model and rendering are public for other live views).
 //!
 //! Exit codes: 0 success, 1 a check failed (incompatible schema, refused topic change), 2 an
 //! error (bad input, unreachable broker or registry) or bad usage.
@@ -39,6 +41,7 @@ pub mod replay;
 pub mod rules_test;
 pub mod schemas;
 pub mod tail;
+pub mod top;
 pub mod topics;
 
 /// How long to wait for broker metadata before calling the broker unreachable.
@@ -61,6 +64,7 @@ echo '{\"cluster\":\"prod\",\"namespace\":\"shop\",\"pod\":\"api-7\",\"reason\":
 | reflexctl publish --topic reflex.events.k8s --type io.k8s.pod.crashloop --key-field pod\n  \
 reflexctl tail --topic reflex.events.k8s --from-beginning --max 10 --timeout-ms 5000\n  \
 reflexctl lag --group reflex-router\n  \
+reflexctl top --metrics 127.0.0.1:9101 --metrics 127.0.0.1:9104\n  \
 reflexctl rules test examples/crash-loop --events examples/crash-loop/events.jsonl"
 )]
 pub struct Cli {
@@ -136,6 +140,9 @@ pub enum Command {
     /// Least-privilege Kafka ACLs per Reflex principal: apply or check a declaration file.
     #[command(subcommand, long_about = acls::LONG_ABOUT)]
     Acls(acls::AclsCommand),
+    /// Live view of a running fleet: rates, lag, actions, breakers, kill switch, workers down.
+    #[command(long_about = top::LONG_ABOUT)]
+    Top(top::TopArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code (1 when a check failed).
@@ -150,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => dlq::run(&global, cmd).await,
         Command::Rules(rules_test::RulesCommand::Test(args)) => rules_test::run(args).await,
         Command::Acls(cmd) => acls::run(&global, cmd).await,
+        Command::Top(args) => top::run(args).await,
     };
     result.map_err(|e| {
         let unreachable = e.chain().any(|cause| {

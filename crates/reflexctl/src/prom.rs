@@ -14,6 +14,9 @@ pub struct Sample {
     pub name: String,
     pub labels: Vec<(String, String)>,
     pub value: f64,
+    /// The sample's own timestamp (ms since the epoch) when the text carries one, as
+    /// Prometheus' `/federate` output does: the time it scraped the worker, not when we read it.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Sample {
@@ -23,6 +26,17 @@ impl Sample {
             .iter()
             .find(|(k, _)| k == label)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The labels sorted: the series' identity whatever order a writer printed them in.
+    fn label_set(&self) -> Vec<(&str, &str)> {
+        let mut set: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        set.sort_unstable();
+        set
     }
 
     fn matches(&self, name: &str, want: &[(&str, &str)]) -> bool {
@@ -51,6 +65,36 @@ impl Samples {
             .iter()
             .filter(|s| s.matches(name, want))
             .map(|s| s.value)
+            .sum()
+    }
+
+    /// The series named `name` whose labels include every `want` pair.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        want: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.0.iter().filter(move |s| s.matches(name, want))
+    }
+
+    /// How much the counters named `name` (with the `want` labels) grew since `earlier`, an
+    /// earlier scrape of the same process, summed over series. A series that went down was
+    /// reset (its process restarted) and counts from zero, as Prometheus' `increase()` does, so
+    /// a restart never yields a negative rate; a series absent from `earlier` counts from zero.
+    pub fn increase_since(&self, earlier: &Samples, name: &str, want: &[(&str, &str)]) -> f64 {
+        let before: BTreeMap<Vec<(&str, &str)>, f64> = earlier
+            .matching(name, want)
+            .map(|s| (s.label_set(), s.value))
+            .collect();
+        self.matching(name, want)
+            .map(|s| {
+                let was = before.get(&s.label_set()).copied().unwrap_or(0.0);
+                if s.value >= was {
+                    s.value - was
+                } else {
+                    s.value
+                }
+            })
             .sum()
     }
 
@@ -83,12 +127,28 @@ pub async fn scrape(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{url}: {}", cause(&e)))?;
     if !response.status().is_success() {
         return Err(format!("{url}: HTTP {}", response.status()));
     }
-    let text = response.text().await.map_err(|e| format!("{url}: {e}"))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("{url}: {}", cause(&e)))?;
     Ok(Samples::parse(&text))
+}
+
+/// What went wrong, in the words an operator acts on: reqwest's own message only says that
+/// sending failed, the innermost cause says why ("Connection refused", a DNS failure).
+fn cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_string();
+    }
+    let mut innermost: &dyn std::error::Error = e;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
@@ -110,7 +170,9 @@ fn parse_line(line: &str) -> Option<Sample> {
         labels = parsed;
         rest = remainder;
     }
-    let value = rest.split_whitespace().next()?;
+    let mut fields = rest.split_whitespace();
+    let value = fields.next()?;
+    let timestamp_ms = fields.next().and_then(|t| t.parse().ok());
     let value = match value {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
@@ -120,6 +182,7 @@ fn parse_line(line: &str) -> Option<Sample> {
         name: name.to_string(),
         labels,
         value,
+        timestamp_ms,
     })
 }
 
@@ -188,8 +251,31 @@ not a sample line
         );
         assert_eq!(weird.label("other"), Some("x"));
         assert_eq!(weird.value, 3.5);
+        assert_eq!(weird.timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(s.0[0].timestamp_ms, None);
         assert!(s.has("reflex_processing_seconds_bucket", &[("le", "+Inf")]));
         assert!(!s.has("reflex_events_in_total", &[("stage", "enricher")]));
+    }
+
+    #[test]
+    fn increase_counts_resets_and_new_series_from_zero() {
+        let earlier = Samples::parse(
+            "c{stage=\"router\",k=\"a\"} 10\nc{stage=\"router\",k=\"b\"} 50\nc{stage=\"actor\"} 3\n",
+        );
+        // `a` grew by 5 (labels printed in another order), `b` restarted and is at 4, `c` is new.
+        let later = Samples::parse(
+            "c{k=\"a\",stage=\"router\"} 15\nc{stage=\"router\",k=\"b\"} 4\nc{stage=\"router\",k=\"c\"} 2\nc{stage=\"actor\"} 3\n",
+        );
+        assert_eq!(
+            later.increase_since(&earlier, "c", &[("stage", "router")]),
+            11.0
+        );
+        assert_eq!(later.increase_since(&earlier, "c", &[]), 11.0);
+        assert_eq!(
+            later.increase_since(&earlier, "c", &[("stage", "actor")]),
+            0.0
+        );
+        assert_eq!(later.matching("c", &[("k", "a")]).count(), 1);
     }
 
     #[test]
