@@ -503,7 +503,7 @@ impl Actor {
                 tokio::time::sleep(wait).await;
                 Ok(())
             }
-            Err(e) => Err(StageError::transient(format!("rate limit (Redis): {e}"))),
+            Err(e) => Err(redis_failed("rate limit", &e)),
         }
     }
 
@@ -634,11 +634,7 @@ impl Actor {
                     tokio::time::sleep(Duration::from_millis(self.settings.claim_poll_ms.max(10)))
                         .await;
                 }
-                Err(e) => {
-                    return Err(StageError::transient(format!(
-                        "idempotency claim (Redis): {e}"
-                    )))
-                }
+                Err(e) => return Err(redis_failed("idempotency claim", &e)),
             }
         }
         let work = async {
@@ -682,9 +678,7 @@ impl Actor {
             Ok(answers) => answers,
             Err(e) => {
                 for (i, _) in &work {
-                    results[*i] = Some(Err(StageError::transient(format!(
-                        "idempotency claim (Redis): {e}"
-                    ))));
+                    results[*i] = Some(Err(redis_failed("idempotency claim", &e)));
                 }
                 return;
             }
@@ -841,7 +835,7 @@ impl Actor {
                 .store
                 .blast_count(name, Duration::from_millis(s.blast_radius_window_ms))
                 .await
-                .map_err(|e| StageError::transient(format!("blast-radius counter (Redis): {e}")))?;
+                .map_err(|e| redis_failed("blast-radius counter", &e))?;
             if count > s.blast_radius_max {
                 let reason = format!(
                     "blast-radius cap: {count} executions of `{name}` in the current {} ms window (limit {})",
@@ -1045,8 +1039,17 @@ struct Claimable {
     started: (i64, Instant),
 }
 
+/// A Redis request before the effect failed: Redis down or slow is retried, an answer about the
+/// data (a key of the wrong type) is not ([`reflex_core::redis_conn::error_class`]).
+fn redis_failed(what: &str, e: &redis::RedisError) -> StageError {
+    StageError::new(
+        reflex_core::redis_conn::error_class(e),
+        format!("{what} (Redis): {e}"),
+    )
+}
+
 /// The effect happened but its done record is not written: the claim is released and the
-/// runtime's retry repeats the call with the same Idempotency-Key.
+/// runtime's retry repeats the call with the same Idempotency-Key, whatever Redis said.
 fn record_failed(e: redis::RedisError) -> StageError {
     StageError::transient(format!("recording the outcome (Redis): {e}"))
 }

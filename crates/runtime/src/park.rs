@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use reflex_core::headers::{ce, reflex as rh};
 use reflex_core::metrics as m;
+use reflex_core::redis_conn::RedisConn;
 use tokio::sync::Mutex;
 use tracing::warn;
 
@@ -97,7 +97,7 @@ impl Parked {
 
 /// Parking state of this replica's partitions.
 pub struct Parking {
-    redis: Option<ConnectionManager>,
+    redis: Option<RedisConn>,
     prefix: String,
     stage: &'static str,
     partitions: Mutex<Partitions>,
@@ -109,7 +109,7 @@ impl Parking {
     /// `prefix` names the consumer group (`reflex:park:<group>`); without `redis` the state is
     /// in process only.
     pub fn new(
-        redis: Option<ConnectionManager>,
+        redis: Option<RedisConn>,
         prefix: String,
         stage: &'static str,
         generation: Arc<AtomicU64>,
