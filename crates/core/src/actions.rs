@@ -189,16 +189,15 @@ mod tests {
         assert_eq!(json["params"]["pod"], "api-1");
     }
 
-    #[test]
-    fn action_outcome_round_trips() {
-        let outcome = ActionOutcome {
+    fn outcome(result: ActionResult) -> ActionOutcome {
+        ActionOutcome {
             idempotency_key: "k".into(),
             action: "a".into(),
             target: "t".into(),
             event_id: "e".into(),
             correlation_id: "c".into(),
             rule: Some("r".into()),
-            result: ActionResult::DuplicateSuppressed,
+            result,
             attempt: 2,
             dry_run: false,
             status_code: Some(200),
@@ -207,7 +206,12 @@ mod tests {
             worker: "actor-1".into(),
             started_at: 1,
             duration_ms: 3,
-        };
+        }
+    }
+
+    #[test]
+    fn action_outcome_round_trips() {
+        let outcome = outcome(ActionResult::DuplicateSuppressed);
         let codec = AvroCodec::<ActionOutcome>::new(12, ACTION_OUTCOME_SCHEMA).unwrap();
         let schema: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
         let bytes = codec.encode(&outcome).unwrap();
@@ -225,23 +229,7 @@ mod tests {
         let old = ACTION_OUTCOME_SCHEMA.replace(r#", "HELD"]"#, "]");
         assert_ne!(old, ACTION_OUTCOME_SCHEMA, "the schema lists HELD last");
         let old_schema: serde_avro_fast::Schema = old.parse().unwrap();
-        let outcome = ActionOutcome {
-            idempotency_key: "k".into(),
-            action: "a".into(),
-            target: "t".into(),
-            event_id: "e".into(),
-            correlation_id: "c".into(),
-            rule: None,
-            result: ActionResult::Held,
-            attempt: 1,
-            dry_run: false,
-            status_code: None,
-            error_class: None,
-            error: None,
-            worker: "actor-0".into(),
-            started_at: 1,
-            duration_ms: 0,
-        };
+        let outcome = outcome(ActionResult::Held);
         let mut written = serde_json::to_value(&outcome).unwrap();
         written["result"] = "PARKED".into();
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&old_schema);

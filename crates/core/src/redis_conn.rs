@@ -1,16 +1,7 @@
-//! One way to open Redis for every Reflex component (actor dedup store, runtime parking state,
-//! `reflexctl dlq replay` checkpoints), with bounds that fit an event loop.
-//!
-//! `rediss://` URLs speak TLS through OpenSSL (the `redis` crate's native-tls backend; OpenSSL is
-//! linked for librdkafka anyway). The server certificate is verified against OpenSSL's default
-//! trust store, which honours `SSL_CERT_FILE` / `SSL_CERT_DIR`: that is how a private CA is
-//! trusted. `rediss://...#insecure` turns verification off (the crate's own switch; not for
-//! production).
-
 //! The one way every Reflex component talks to Redis: enricher lookups, the runtime's parked
 //! keys (`runtime.state_url`), the actor's claims, rate limit, blast-radius counters and kill
 //! switch, and `reflexctl dlq replay` checkpoints. Why this strategy and not redis-rs'
-//! `ConnectionManager`: ARCHITECTURE.md, "Redis".
+//! `ConnectionManager`: ARCHITECTURE.md, "One Redis connection strategy".
 //!
 //! [`RedisConn`] is one multiplexed connection shared by every caller (cheap to clone; commands
 //! from concurrent tasks are pipelined on it), opened lazily again after a failure:
@@ -447,7 +438,8 @@ mod tests {
     /// A connection that stops answering without closing (no FIN, no RST) is given up after one
     /// timed-out request and the next request opens a new one. (redis-rs 0.32's
     /// `ConnectionManager` reconnects only on errors it deems unrecoverable; a response timeout
-    /// is not one, so it kept sending into the dead socket: see ARCHITECTURE.md, "Redis".)
+    /// is not one, so it kept sending into the dead socket: ARCHITECTURE.md, "One Redis
+    /// connection strategy".)
     #[tokio::test]
     async fn a_silent_connection_is_replaced_after_one_timeout() {
         let port = free_port();
