@@ -413,7 +413,7 @@ def run_scenario(sc, opts, logs_root):
         "scenario": sc.name, "passed": code == 0 and s.get("lost", 1) == 0 and s.get("duplicate_effects", 1) == 0,
         "events_in": s.get("published", 0), "effects": target.get("applied_keys", 0),
         "duplicate_effects": s.get("duplicate_effects"), "lost": s.get("lost"),
-        "dead_lettered": s.get("dead_letters", 0), "parked": s.get("parked", 0),
+        "dead_lettered": s.get("dead_letters", 0), "held": s.get("held", 0),
         "retried_keys": target.get("repeated_keys", 0),
         "recover_s": recovered.get("secs"), "recover_limit": opts.settle_timeout, "note": job.fault_note,
         "restarts": s.get("restarts", []),
@@ -426,14 +426,14 @@ def run_scenario(sc, opts, logs_root):
 
 def table(rows):
     head = ["scenario", "events in", "effects", "dup effects", "lost", "dead-lettered", "via DLQ",
-            "parked", "retried keys", "recover", "result"]
+            "held", "retried keys", "recover", "result"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         rec = (f"{r['recover_s']:.1f} s" if r["recover_s"] is not None
                else f"> {r.get('recover_limit', 0):g} s" if r.get("recover_limit") else "not measured")
         lines.append("| " + " | ".join([
             r["scenario"], fmt(r["events_in"]), fmt(r["effects"]), str(r["duplicate_effects"]), str(r["lost"]),
-            fmt(r["dead_lettered"]), fmt(sum(r["dead_classes"].values())), fmt(r["parked"]), fmt(r["retried_keys"]), rec,
+            fmt(r["dead_lettered"]), fmt(sum(r["dead_classes"].values())), fmt(r["held"]), fmt(r["retried_keys"]), rec,
             "PASS" if r["passed"] else "FAIL"]) + " |")
     return "\n".join(lines)
 
@@ -483,7 +483,7 @@ def main():
         f = logs_root / n / "row.json"
         rows.append(json.loads(f.read_text()) if f.exists() else {
             "scenario": n, "passed": False, "events_in": 0, "effects": 0, "duplicate_effects": "?",
-            "lost": "?", "dead_lettered": 0, "parked": 0, "retried_keys": 0, "recover_s": None,
+            "lost": "?", "dead_lettered": 0, "held": 0, "retried_keys": 0, "recover_s": None,
             "note": "did not finish (see its log)", "failed_checks": [], "injected": {}, "dead_classes": {}})
     print()
     print(f"== fault suite: pack {opts.pack}, {opts.rate:g} events/s for {opts.duration:g} s per scenario"

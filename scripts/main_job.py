@@ -13,9 +13,9 @@ It runs a scenario pack (default examples/crash-loop) end to end:
   3. shows a live view every second from each worker's /metrics;
   4. when the time is up (or on Ctrl-C) stops publishing, waits until every group has committed
      everything (a second Ctrl-C stops waiting), SIGTERMs the workers (they drain and exit 0),
-     then reads the outcome, parked and dead-letter topics and the target's request log, prints
+     then reads the outcome, held and dead-letter topics and the target's request log, prints
      the summary and CHECKS it (exit 1 when a check fails):
-       - nothing lost: every record published is a final action outcome, a parked request, a
+       - nothing lost: every record published is a final action outcome, a held request, a
          dead letter, or dropped by a rule (the router's own count);
        - zero duplicate effects: the target saw each Idempotency-Key once;
        - remediations capped: per action, effects <= blast_radius_max per window touched;
@@ -79,7 +79,7 @@ class Pack:
             self.workers[name] = toml_file(f) if f.exists() else None
         actor = self.workers["actor"]["actor"]
         self.outcomes = actor.get("outcomes_topic", "reflex.actions.outcomes")
-        self.parked = actor.get("parked_topic", "reflex.actions.parked")
+        self.held = actor.get("held_topic", "reflex.actions.held")
         self.actions = {a["name"]: a for a in actor.get("action", [])}
         self.value_subject = next(
             (t.get("value_subject") for t in self.topics if t["name"] == self.topic),
@@ -454,7 +454,7 @@ def view(job, final=False):
         lines.append(
             f"action {action:<14} done {fmt(r.get('succeeded', 0)):>7}  suppressed (dedup) "
             f"{fmt(r.get('duplicate_suppressed', 0)):>5}  failed {fmt(r.get('failed', 0)):>5}  "
-            f"parked {fmt(r.get('parked', 0)):>7}  rate-limited {fmt(total(actor, 'reflex_rate_limited_total', action=action)):>6}")
+            f"held {fmt(r.get('held', 0)):>7}  rate-limited {fmt(total(actor, 'reflex_rate_limited_total', action=action)):>6}")
     breakers = by_label(actor, "reflex_breaker_state", "target")
     names = {0: "closed", 1: "OPEN", 2: "half-open"}
     lines.append(
@@ -648,9 +648,9 @@ class Job:
         self.gen.stop.set()
 
     def read_topics(self, c):
-        names = [self.pack.outcomes, self.pack.parked] + self.pack.dlq_topics()
+        names = [self.pack.outcomes, self.pack.held] + self.pack.dlq_topics()
         existing = set(c.list_topics(timeout=10).topics)
-        names += sorted(t for t in existing if t.endswith(".parked") and t.removesuffix(".parked") in
+        names += sorted(t for t in existing if t.endswith(".exhausted") and t.removesuffix(".exhausted") in
                         {x["name"] for x in self.pack.topics})
         return [t for t in dict.fromkeys(names) if t in existing]
 
@@ -754,7 +754,7 @@ class Job:
         finals = defaultdict(Counter)  # event id -> result -> count
         dead = Counter()
         dead_classes = Counter()
-        parked_records = Counter()
+        held_records = Counter()
         effects_by_action = Counter()
         outcomes_by_result = Counter()
         succeeded_keys = Counter()  # idempotency key -> SUCCEEDED final outcomes
@@ -789,9 +789,9 @@ class Job:
             else:
                 eid = event_id(m)
                 if eid:
-                    parked_records[m.topic()] += 1
+                    held_records[m.topic()] += 1
 
-        # Each published record's end: a final outcome (PARKED ones are the parked requests),
+        # Each published record's end: a final outcome (HELD ones are the held requests),
         # a dead letter, or nothing because a rule dropped it.
         ended = Counter()
         unended = 0
@@ -799,10 +799,10 @@ class Job:
         extra = 0
         for eid, k in published.items():
             r = finals.get(eid, Counter())
-            n_out = sum(v for res, v in r.items() if res != "PARKED")
-            n_park = r.get("PARKED", 0)
+            n_out = sum(v for res, v in r.items() if res != "HELD")
+            n_held = r.get("HELD", 0)
             n_dead = dead.get(eid, 0)
-            got = n_out + n_park + n_dead
+            got = n_out + n_held + n_dead
             if got == 0:
                 unended += k
                 if self.drop_oracle is not None and (eid not in self.drop_oracle or eid in gen.poison):
@@ -810,7 +810,7 @@ class Job:
                 continue
             take = min(k, got)
             extra += got - take
-            for name, v in (("outcomes", n_out), ("parked", n_park), ("dead letters", n_dead)):
+            for name, v in (("outcomes", n_out), ("held", n_held), ("dead letters", n_dead)):
                 use = min(v, take)
                 ended[name] += use
                 take -= use
@@ -834,18 +834,18 @@ class Job:
                 window = a.get("blast_radius_window_ms", 600000)
                 windows = int((self.window_start_ms + elapsed_ms) // window - self.window_start_ms // window) + 1
                 caps.append((name, effects_by_action[name], cap, window, windows,
-                             outcomes_by_result[(name, "PARKED")]))
+                             outcomes_by_result[(name, "HELD")]))
 
         checks = []
 
         def check(ok, text):
             checks.append((bool(ok), text))
 
-        accounted = ended["outcomes"] + ended["parked"] + ended["dead letters"]
+        accounted = ended["outcomes"] + ended["held"] + ended["dead letters"]
         check(n_in > 0, f"events were published ({fmt(n_in)})")
         check(gen.errors == 0, f"every publish was acknowledged ({gen.errors} errors{': ' + gen.first_error if gen.first_error else ''})")
         check(accounted + unended == n_in and unended == dropped and pending == 0,
-              f"nothing lost: events in {fmt(n_in)} = outcomes {fmt(ended['outcomes'])} + parked {fmt(ended['parked'])}"
+              f"nothing lost: events in {fmt(n_in)} = outcomes {fmt(ended['outcomes'])} + held {fmt(ended['held'])}"
               f" + dead letters {fmt(ended['dead letters'])} + dropped by rules {fmt(unended)}"
               f" (workers counted {fmt(dropped)} dropped; uncommitted {fmt(pending)}"
               + (" by stage: " + ", ".join(f"{k} {v}" for k, v in lags.items() if v) if pending else "") + ")")
@@ -876,10 +876,10 @@ class Job:
             check(succeeded_http == stats["keys"],
                   f"one effect per succeeded HTTP outcome ({fmt(succeeded_http)} outcomes, {fmt(stats['keys'])} keys at the target)")
         suppressed = sum(v for (a, r), v in outcomes_by_result.items() if r == "DUPLICATE_SUPPRESSED")
-        for name, done, cap, window, windows, parked in caps:
+        for name, done, cap, window, windows, held in caps:
             check(done <= cap * windows,
                   f"remediations capped: {name} executed {done} times, cap {cap} per {window // 1000} s window"
-                  f" ({windows} window{'s' if windows > 1 else ''} touched); {fmt(parked)} parked for a human")
+                  f" ({windows} window{'s' if windows > 1 else ''} touched); {fmt(held)} held for a human")
         for n, w in self.workers.items():
             check(w.exit_code == 0, f"{n} drained and exited {w.exit_code}")
         for w in self.retired:
@@ -894,7 +894,7 @@ class Job:
         print("outcomes    " + ", ".join(f"{a} {r.lower()} {fmt(v)}" for (a, r), v in sorted(outcomes_by_result.items())))
         print(f"suppressed  {fmt(suppressed)} duplicates by idempotency key")
         print("dead letters " + (", ".join(f"{c} {fmt(v)}" for c, v in sorted(dead_classes.items())) or "none")
-              + ("; parked records " + ", ".join(f"{t} {fmt(v)}" for t, v in sorted(parked_records.items())) if parked_records else ""))
+              + ("; held records " + ", ".join(f"{t} {fmt(v)}" for t, v in sorted(held_records.items())) if held_records else ""))
         print(f"target      {fmt(stats['requests'])} requests, {fmt(stats['keys'])} keys, {stats['repeated_keys']} repeated")
         if extra:
             print(f"note        {fmt(extra)} extra terminal records (an event fanned out to several actions, or replayed)")
@@ -910,7 +910,7 @@ class Job:
             "outcomes": {f"{a}/{r}": v for (a, r), v in outcomes_by_result.items()},
             "target": {k: v for k, v in stats.items() if k != "applied_set"}, "poison": len(gen.poison), "duplicated": len(gen.duplicated),
             "lost": lost, "lost_ids": lost_ids[:20], "restarts": self.restarts, "duplicate_effects": duplicate_effects,
-            "parked": ended["parked"], "dead_letters": ended["dead letters"],
+            "held": ended["held"], "dead_letters": ended["dead letters"],
             "dead_classes": dict(dead_classes),
             "injected": {eid: {"tag": tag, "dead": dead.get(eid, 0), "outcomes": dict(finals.get(eid, {}))}
                          for eid, tag in gen.injected.items()},

@@ -28,7 +28,7 @@ use reflex_testkit::{
 struct Topics {
     input: String,
     outcomes: String,
-    parked: String,
+    held: String,
     dlq: String,
 }
 
@@ -36,7 +36,7 @@ async fn topics(stack: &Stack, partitions: i32) -> Topics {
     let t = Topics {
         input: unique("requests"),
         outcomes: unique("outcomes"),
-        parked: unique("parked"),
+        held: unique("held"),
         dlq: String::new(),
     };
     let t = Topics {
@@ -48,7 +48,7 @@ async fn topics(stack: &Stack, partitions: i32) -> Topics {
         &[
             (&t.input, partitions),
             (&t.outcomes, 3),
-            (&t.parked, 1),
+            (&t.held, 1),
             (&t.dlq, 1),
         ],
     )
@@ -74,7 +74,7 @@ fn write_config(
             r#"[actor]
 redis_prefix = "{prefix}"
 outcomes_topic = "{}"
-parked_topic = "{}"
+held_topic = "{}"
 claim_lease_ms = 2000
 claim_poll_ms = 50
 kill_switch_poll_ms = 200
@@ -90,7 +90,7 @@ timeout_ms = 3000
 backoff_ms = 50
 {action_extra}
 "#,
-            t.outcomes, t.parked
+            t.outcomes, t.held
         ),
     )
     .unwrap();
@@ -787,7 +787,7 @@ fn named(i: usize, action: &str) -> ActionRequest {
 /// Signing, dry run, the blast-radius cap, emit chaining, log-only, unknown actions and the hop
 /// limit, in one actor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn actor_signs_dry_runs_parks_chains_and_rejects() {
+async fn actor_signs_dry_runs_holds_chains_and_rejects() {
     let stack = stack();
     let t = topics(&stack, 2).await;
     let chained = unique("chained");
@@ -877,28 +877,25 @@ message = "noted {{{{ params.pod }}}}"
         assert_eq!(result(&r.idempotency_key), ActionResult::DryRun);
         assert!(!target.snapshot().contains_key(&r.idempotency_key));
     }
-    // Blast radius: 5 executed, 5 parked (outcome and record on the parked topic).
-    let parked_results = capped
+    // Blast radius: 5 executed, 5 held (outcome and record on the held topic).
+    let held_results = capped
         .iter()
-        .filter(|r| result(&r.idempotency_key) == ActionResult::Parked)
+        .filter(|r| result(&r.idempotency_key) == ActionResult::Held)
         .count();
-    assert_eq!(parked_results, 5);
-    let parked = read_topic(
+    assert_eq!(held_results, 5);
+    let held = read_topic(
         &stack.bootstrap,
-        &t.parked,
+        &t.held,
         5,
         Duration::from_secs(10),
         Duration::from_secs(1),
     )
     .await;
-    assert_eq!(parked.len(), 5);
-    assert!(
-        parked
-            .iter()
-            .all(|m| header_str(m, "reflex-parked-reason")
-                .is_some_and(|r| r.contains("blast-radius")))
-    );
-    assert!(read_log(&log).contains("action parked"));
+    assert_eq!(held.len(), 5);
+    assert!(held
+        .iter()
+        .all(|m| header_str(m, "reflex-held-reason").is_some_and(|r| r.contains("blast-radius"))));
+    assert!(read_log(&log).contains("action held"));
     // Emit: the chained event carries causation, correlation and one more hop.
     for r in chain.iter().chain(&note) {
         assert_eq!(result(&r.idempotency_key), ActionResult::Succeeded);
@@ -1012,7 +1009,7 @@ blast_radius_window_ms = 600000
     );
     assert_eq!(count("restart", ActionResult::DuplicateSuppressed), 40);
     assert_eq!(count("capped", ActionResult::Succeeded), 4);
-    assert_eq!(count("capped", ActionResult::Parked), 6);
+    assert_eq!(count("capped", ActionResult::Held), 6);
     assert_each_key_applied_once(&target, &http_keys, &log);
     assert_eq!(target.requests.load(Ordering::Relaxed), 200);
 

@@ -149,7 +149,7 @@ fn name(doc: &Value) -> &str {
 }
 
 /// Partitions per topic name, from `topics/*.toml` as `reflexctl topics apply` reads them (so
-/// `dead_letter = true` also declares `<name>.dlq` and `<name>.parked`).
+/// `dead_letter = true` also declares `<name>.dlq` and `<name>.exhausted`).
 fn topic_partitions() -> BTreeMap<String, u64> {
     let dir = root().join("topics");
     let decls =

@@ -241,7 +241,7 @@ async fn crash_loop_restarts_below_the_threshold_outside_rollouts_and_caps_remed
         "{t:?}"
     );
     // The 4th restart is over the cap of 3, and so is its redelivered copy.
-    assert_eq!(count(&t, "restart-pod", ActionResult::Parked), 2, "{t:?}");
+    assert_eq!(count(&t, "restart-pod", ActionResult::Held), 2, "{t:?}");
     assert_eq!(count(&t, "page-owner", ActionResult::Succeeded), 1, "{t:?}");
     assert_eq!(
         count(&t, "page-owner", ActionResult::DuplicateSuppressed),
@@ -273,16 +273,16 @@ async fn crash_loop_restarts_below_the_threshold_outside_rollouts_and_caps_remed
         "{:?}",
         run.target.requests()
     );
-    let parked = read_topic_until(
+    let held = read_topic_until(
         &stack.bootstrap,
-        &run.topic("parked"),
+        &run.topic("held"),
         Duration::from_secs(30),
         Duration::from_millis(500),
         |got| got.len() >= 2,
     )
     .await;
-    assert_eq!(parked.len(), 2);
-    assert!(header_str(&parked[0], "reflex-parked-reason")
+    assert_eq!(held.len(), 2);
+    assert!(header_str(&held[0], "reflex-held-reason")
         .unwrap()
         .contains("blast-radius cap"));
 }
@@ -450,11 +450,7 @@ async fn host_quarantine_runs_dry_first_then_live_with_the_blast_radius_capped()
         2,
         "{t:?}"
     );
-    assert_eq!(
-        count(&t, "quarantine-host", ActionResult::Parked),
-        2,
-        "{t:?}"
-    );
+    assert_eq!(count(&t, "quarantine-host", ActionResult::Held), 2, "{t:?}");
     assert_eq!(count(&t, "notify-soc", ActionResult::Succeeded), 1, "{t:?}");
     let effects = run.target.effects();
     assert_eq!(effects.len(), 2, "capped at 2: {effects:?}");

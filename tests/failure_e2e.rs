@@ -22,18 +22,18 @@ use reflex_testkit::{
 struct Topics {
     input: String,
     dlq: String,
-    parked: String,
+    exhausted: String,
     outcomes: String,
-    blast_parked: String,
+    blast_held: String,
 }
 
 async fn topics(stack: &Stack, partitions: i32) -> Topics {
     let input = unique("fail-requests");
     let t = Topics {
         dlq: format!("{input}.dlq"),
-        parked: format!("{input}.parked"),
+        exhausted: format!("{input}.exhausted"),
         outcomes: unique("fail-outcomes"),
-        blast_parked: unique("fail-blast"),
+        blast_held: unique("fail-blast"),
         input,
     };
     create_topics(
@@ -41,9 +41,9 @@ async fn topics(stack: &Stack, partitions: i32) -> Topics {
         &[
             (&t.input, partitions),
             (&t.dlq, 2),
-            (&t.parked, 1),
+            (&t.exhausted, 1),
             (&t.outcomes, 1),
-            (&t.blast_parked, 1),
+            (&t.blast_held, 1),
         ],
     )
     .await;
@@ -104,8 +104,8 @@ const DEAD_LETTER_HEADERS: [&str; 10] = [
 
 /// A poison record, an unknown schema id, a permanent action failure (HTTP 400) and a transient
 /// one (HTTP 503 every time) each end where the taxonomy says, with every header; the transient
-/// one is delivered again by the reprocessor until its attempts run out, then parked; the actor
-/// keeps working throughout.
+/// one is delivered again by the reprocessor until its attempts run out, then moved to
+/// `<topic>.exhausted`; the actor keeps working throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_class_ends_where_the_taxonomy_says() {
     let stack = stack();
@@ -119,12 +119,7 @@ async fn each_failure_class_ends_where_the_taxonomy_says() {
         &unique("failure-actor"),
         "",
         &t.input,
-        &restart_actor_config(
-            &t.outcomes,
-            &t.blast_parked,
-            addr,
-            "breaker_failures = 1000",
-        ),
+        &restart_actor_config(&t.outcomes, &t.blast_held, addr, "breaker_failures = 1000"),
         &log,
         &[("REFLEX_RUNTIME__REDELIVERY_BACKOFF_MS", "200")],
     );
@@ -172,24 +167,24 @@ async fn each_failure_class_ends_where_the_taxonomy_says() {
     )
     .await;
 
-    // The transient one: first failure plus two redeliveries, then parked.
-    let parked = read_topic_until(
+    // The transient one: first failure plus two redeliveries, then exhausted.
+    let exhausted = read_topic_until(
         &stack.bootstrap,
-        &t.parked,
+        &t.exhausted,
         Duration::from_secs(60),
         Duration::from_millis(500),
         |got| !got.is_empty(),
     )
     .await;
     assert_eq!(
-        parked.len(),
+        exhausted.len(),
         1,
         "actor log: {}\nreprocessor log: {}",
         read_log(&log),
         read_log(&re_log)
     );
-    assert_eq!(header_str(&parked[0], "ce_id"), Some("evt-transient"));
-    assert!(header_str(&parked[0], rh::ERROR_MESSAGE)
+    assert_eq!(header_str(&exhausted[0], "ce_id"), Some("evt-transient"));
+    assert!(header_str(&exhausted[0], rh::ERROR_MESSAGE)
         .unwrap()
         .contains("gave up after 2 redeliveries"));
 
@@ -301,12 +296,7 @@ async fn a_retried_key_keeps_its_order_and_other_keys_are_never_blocked() {
         &group,
         "",
         &t.input,
-        &restart_actor_config(
-            &t.outcomes,
-            &t.blast_parked,
-            addr,
-            "breaker_failures = 1000",
-        ),
+        &restart_actor_config(&t.outcomes, &t.blast_held, addr, "breaker_failures = 1000"),
         &log,
         &[
             ("REFLEX_RUNTIME__REDELIVERY_BACKOFF_MS", "400"),

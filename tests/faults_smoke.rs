@@ -3,7 +3,7 @@
 //! append-only file on), runs router → enricher → actor plus the reprocessor under a small load,
 //! SIGKILLs random replicas (two per stage, dynamic group members) and restarts them, then makes the
 //! fake target answer 503 for a while. Its checker accounts for every published event (effect or
-//! outcome, rule drop, dead letter or parked record) and for every effect at the target.
+//! outcome, rule drop, dead letter or held record) and for every effect at the target.
 //!
 //! This test checks that the command exited 0, and from its faults.json that each scenario
 //! really injected its fault and ended with zero lost events and zero duplicate effects.

@@ -432,7 +432,7 @@ async fn injection_family_is_escaped_or_refused_through_the_whole_chain() {
     let routed = unique("inj-routed");
     let requests = unique("inj-requests");
     let outcomes = unique("inj-outcomes");
-    let parked = unique("inj-parked");
+    let held = unique("inj-held");
     let topics = [
         input.clone(),
         format!("{input}.dlq"),
@@ -441,7 +441,7 @@ async fn injection_family_is_escaped_or_refused_through_the_whole_chain() {
         requests.clone(),
         format!("{requests}.dlq"),
         outcomes.clone(),
-        parked.clone(),
+        held.clone(),
     ];
     let with_partitions: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
     create_topics(&stack.bootstrap, &with_partitions).await;
@@ -492,7 +492,7 @@ body = '{{"reason": "{{{{ payload.reason }}}}", "restart_count": {{{{ payload.re
             r#"[actor]
 redis_prefix = "{run}"
 outcomes_topic = "{outcomes}"
-parked_topic = "{parked}"
+held_topic = "{held}"
 allowed_hosts = ["127.0.0.1:{port}"]
 
 [[actor.action]]

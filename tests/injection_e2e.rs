@@ -114,7 +114,7 @@ async fn actor_escapes_or_refuses_hostile_values_in_every_action_kind() {
     let stack = stack();
     let input = unique("inj-requests");
     let outcomes = unique("inj-outcomes");
-    let parked = unique("inj-parked");
+    let held = unique("inj-held");
     let emitted = unique("inj-emitted");
     let victim = unique("inj-victim");
     let dlq = format!("{input}.dlq");
@@ -123,7 +123,7 @@ async fn actor_escapes_or_refuses_hostile_values_in_every_action_kind() {
         &[
             (&input, 1),
             (&outcomes, 1),
-            (&parked, 1),
+            (&held, 1),
             (&dlq, 1),
             (&emitted, 1),
             (&victim, 1),
@@ -138,7 +138,7 @@ async fn actor_escapes_or_refuses_hostile_values_in_every_action_kind() {
             r#"[actor]
 redis_prefix = "{prefix}"
 outcomes_topic = "{outcomes}"
-parked_topic = "{parked}"
+held_topic = "{held}"
 allowed_hosts = ["127.0.0.1:{port}"]
 
 [[actor.action]]
@@ -312,7 +312,7 @@ async fn enricher_escapes_lookup_keys_urls_and_bodies_end_to_end() {
     let routed = unique("inj-routed");
     let requests = unique("inj-req");
     let outcomes = unique("inj-out");
-    let parked = unique("inj-parked");
+    let held = unique("inj-held");
     let routed_dlq = format!("{routed}.dlq");
     let requests_dlq = format!("{requests}.dlq");
     create_topics(
@@ -321,7 +321,7 @@ async fn enricher_escapes_lookup_keys_urls_and_bodies_end_to_end() {
             (&routed, 1),
             (&requests, 1),
             (&outcomes, 1),
-            (&parked, 1),
+            (&held, 1),
             (&routed_dlq, 1),
             (&requests_dlq, 1),
         ],
@@ -389,7 +389,7 @@ body = '{{"reason": "{{{{ payload.reason }}}}", "restarts": {{{{ payload.restart
             r#"[actor]
 redis_prefix = "{prefix}"
 outcomes_topic = "{outcomes}"
-parked_topic = "{parked}"
+held_topic = "{held}"
 allowed_hosts = ["127.0.0.1:{port}"]
 
 [[actor.action]]

@@ -41,7 +41,7 @@ fn main_job_runs_the_crash_loop_pack_and_its_checks_pass() {
     let ended = &summary["ended"];
     assert_eq!(
         n(&ended["outcomes"])
-            + n(&ended["parked"])
+            + n(&ended["held"])
             + n(&ended["dead letters"])
             + n(&summary["dropped"]),
         published,
@@ -53,11 +53,11 @@ fn main_job_runs_the_crash_loop_pack_and_its_checks_pass() {
         "{summary:#}"
     );
 
-    // The pack caps restarts at 3 per 10 minutes: the rest are parked, none are lost.
+    // The pack caps restarts at 3 per 10 minutes: the rest are held, none are lost.
     let outcomes = &summary["outcomes"];
     let restarted = n(&outcomes["restart-pod/SUCCEEDED"]);
     assert!((1..=3).contains(&restarted), "{summary:#}");
-    assert!(n(&outcomes["restart-pod/PARKED"]) > 0, "{summary:#}");
+    assert!(n(&outcomes["restart-pod/HELD"]) > 0, "{summary:#}");
     assert!(n(&outcomes["page-owner/SUCCEEDED"]) > 0, "{summary:#}");
 
     // Each Idempotency-Key reached the target once: one effect per succeeded HTTP action.

@@ -51,7 +51,7 @@ async fn events_become_one_effect_each_in_one_trace_with_every_metric_exported()
     let routed = unique("p-routed");
     let requests = unique("p-requests");
     let outcomes = unique("p-outcomes");
-    let parked = unique("p-parked");
+    let held = unique("p-held");
     let dlqs: Vec<String> = [&events, &routed, &requests]
         .iter()
         .map(|t| format!("{t}.dlq"))
@@ -61,7 +61,7 @@ async fn events_become_one_effect_each_in_one_trace_with_every_metric_exported()
         (&routed, 2),
         (&requests, 2),
         (&outcomes, 2),
-        (&parked, 1),
+        (&held, 1),
     ];
     topics.extend(dlqs.iter().map(|t| (t.as_str(), 1)));
     create_topics(&stack.bootstrap, &topics).await;
@@ -110,7 +110,7 @@ params = { pod = "{{ payload.pod }}", team = "{{ context.owner.team }}" }
             r#"[actor]
 redis_prefix = "{prefix}"
 outcomes_topic = "{outcomes}"
-parked_topic = "{parked}"
+held_topic = "{held}"
 claim_lease_ms = 2000
 claim_poll_ms = 50
 
@@ -307,7 +307,7 @@ timeout_ms = 3000
             "reflex_breaker_state{",
             "reflex_rate_limited_total",
             "reflex_kill_switch_on 0",
-            "reflex_blast_radius_parked_total",
+            "reflex_blast_radius_held_total",
             "reflex_action_latency_seconds_bucket",
         ],
     ];

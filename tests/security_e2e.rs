@@ -243,12 +243,7 @@ async fn actor_refuses_hosts_off_the_allowlist_and_uses_redis_auth_without_loggi
     let dlq = format!("{input}.dlq");
     create_topics(
         &stack.bootstrap,
-        &[
-            (&input, 1),
-            (&outcomes, 1),
-            (&dlq, 1),
-            (&unique("parked"), 1),
-        ],
+        &[(&input, 1), (&outcomes, 1), (&dlq, 1), (&unique("held"), 1)],
     )
     .await;
     let config = temp("allow-actor.toml");
@@ -259,7 +254,7 @@ async fn actor_refuses_hosts_off_the_allowlist_and_uses_redis_auth_without_loggi
 redis_prefix = "{prefix}"
 redis_password = "env:ACTOR_REDIS_PASSWORD"
 outcomes_topic = "{outcomes}"
-parked_topic = "{parked}"
+held_topic = "{held}"
 allowed_hosts = ["127.0.0.1:{port}"]
 
 [[actor.action]]
@@ -270,7 +265,7 @@ timeout_ms = 3000
 max_attempts = 1
 "#,
             prefix = unique("allow"),
-            parked = unique("parked"),
+            held = unique("held"),
             port = addr.port()
         ),
     )

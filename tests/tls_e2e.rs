@@ -198,7 +198,7 @@ fn https_target(certs: &Path) -> (ChildGuard, u16, PathBuf) {
     (guard, port, log)
 }
 
-fn actor_config(prefix: &str, outcomes: &str, parked: &str, https_port: u16) -> PathBuf {
+fn actor_config(prefix: &str, outcomes: &str, held: &str, https_port: u16) -> PathBuf {
     let path = std::env::temp_dir()
         .join(unique("tls-actor"))
         .with_extension("toml");
@@ -209,7 +209,7 @@ fn actor_config(prefix: &str, outcomes: &str, parked: &str, https_port: u16) -> 
 state_backend = "redis"
 redis_prefix = "{prefix}"
 outcomes_topic = "{outcomes}"
-parked_topic = "{parked}"
+held_topic = "{held}"
 allowed_hosts = ["127.0.0.1:{https_port}"]
 allowed_schemes = ["https"]
 
@@ -234,15 +234,15 @@ async fn actor_uses_rediss_and_https_with_a_private_ca() {
     let (_target, https_port, requests) = https_target(&certs);
     let input = unique("tls-req");
     let outcomes = unique("tls-out");
-    let parked = unique("tls-parked");
+    let held = unique("tls-held");
     let dlq = format!("{input}.dlq");
     create_topics(
         &stack.bootstrap,
-        &[(&input, 1), (&outcomes, 1), (&parked, 1), (&dlq, 1)],
+        &[(&input, 1), (&outcomes, 1), (&held, 1), (&dlq, 1)],
     )
     .await;
     let prefix = unique("tls");
-    let config = actor_config(&prefix, &outcomes, &parked, https_port);
+    let config = actor_config(&prefix, &outcomes, &held, https_port);
     let log = certs.join("actor.log");
     let ca = certs.join("ca.pem");
     let redis_url = format!("rediss://127.0.0.1:{redis_port}");

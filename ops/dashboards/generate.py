@@ -185,7 +185,7 @@ def executive():
     p.append(panel(lay, "stat", "Automation success rate (M3, dashboard range)", [(
         f'sum(increase(reflex_actions_total{{{SLI_OK}}}[$__range])) / sum(increase(reflex_actions_total{{{SLI_ALL}}}[$__range]))',
         "success")], w=6, h=6, unit="percentunit", thresholds=PCT, decimals=2,
-        description="succeeded / (succeeded + failed) from reflex_actions_total. duplicate_suppressed, dry_run, parked and rejected are not attempts."))
+        description="succeeded / (succeeded + failed) from reflex_actions_total. duplicate_suppressed, dry_run, held and rejected are not attempts."))
     p.append(panel(lay, "stat", "Error budget remaining (M6, 30d)", [(
         f'1 - (sum(increase(reflex_actions_total{{result="failed"}}[30d])) / sum(increase(reflex_actions_total{{{SLI_ALL}}}[30d]))) / 0.01',
         "remaining")], w=6, h=6, unit="percentunit", thresholds=BUDGET, decimals=1,
@@ -211,10 +211,10 @@ def executive():
         f'1 - sum by (stage) (rate(reflex_dead_letters_total[{RI}])) / sum by (stage) (rate(reflex_events_in_total[{RI}]))',
         "{{stage}}")], unit="percentunit", max=1,
         description="1 - dead letters / events taken, per stage (target 99.9%)."))
-    p.append(panel(lay, "timeseries", "Parked (blast-radius) rate (M5 proxy)", [(
-        f'sum(rate(reflex_actions_total{{result="parked"}}[{RI}])) / sum(rate(reflex_actions_total[{RI}]))',
-        "parked / all outcomes")], w=8, unit="percentunit",
-        description="Reflex has no automated rollback; requests parked by the blast-radius cap are the closest signal of automation backfiring (target < 1%)."))
+    p.append(panel(lay, "timeseries", "Held (blast-radius) rate (M5 proxy)", [(
+        f'sum(rate(reflex_actions_total{{result="held"}}[{RI}])) / sum(rate(reflex_actions_total[{RI}]))',
+        "held / all outcomes")], w=8, unit="percentunit",
+        description="Reflex has no automated rollback; requests held by the blast-radius cap are the closest signal of automation backfiring (target < 1%)."))
     p.append(panel(lay, "timeseries", "Duplicate action rate (M8)", [(
         f'sum(rate(reflex_dedup_hits_total[{RI}])) / sum(rate(reflex_actions_total[{RI}]))',
         "suppressed duplicates / all outcomes")], w=8, unit="percentunit",
@@ -255,16 +255,16 @@ def on_call():
     p.append(panel(lay, "stat", "Dead letters (1h)", [("sum(increase(reflex_dead_letters_total[1h])) or vector(0)", "dead letters")],
                    w=4, h=5, thresholds=ZERO_OK, decimals=0))
     p.append(panel(lay, "timeseries", "Failing actions by action / result", [(
-        f'sum by (action, result) (rate(reflex_actions_total{{result=~"failed|rejected|parked"}}[{RI}])) > 0',
+        f'sum by (action, result) (rate(reflex_actions_total{{result=~"failed|rejected|held"}}[{RI}])) > 0',
         "{{action}} {{result}}")], unit="ops"))
     p.append(panel(lay, "timeseries", "Recent action outcomes by action / result", [(
         f'sum by (action, result) (rate(reflex_actions_total[{RI}]))', "{{action}} {{result}}")], unit="ops"))
     p.append(panel(lay, "state-timeline", "Circuit breaker state by target", [(
         'max by (target) (reflex_breaker_state)', "{{target}}")], w=12, mappings=BREAKER_MAP,
         thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 1}, {"color": "red", "value": 2}]))
-    p.append(panel(lay, "timeseries", "Guardrails: rate limited and parked", [
+    p.append(panel(lay, "timeseries", "Guardrails: rate limited and held", [
         (f'sum by (action) (rate(reflex_rate_limited_total[{RI}]))', "{{action}} rate limited"),
-        (f'sum by (action) (rate(reflex_blast_radius_parked_total[{RI}]))', "{{action}} parked"),
+        (f'sum by (action) (rate(reflex_blast_radius_held_total[{RI}]))', "{{action}} held"),
     ], unit="ops"))
     p.append(row(lay, "Queue / lag and consumer health"))
     p.append(panel(lay, "timeseries", "Lag in seconds per group", [(
@@ -296,11 +296,11 @@ def on_call():
                     "of events parked behind them. Needs reflex-reprocessor running; > 0 for 30m raises ReflexKeysParkedTooLong."))
     p.append(panel(lay, "timeseries", "Redeliveries, give-ups and skips by class (reprocessor)", [
         (f'sum by (class) (rate(reflex_redeliveries_total[{RI}]))', "{{class}} redelivered"),
-        (f'sum by (class) (rate(reflex_redelivery_giveups_total[{RI}]))', "{{class}} given up (to .parked)"),
+        (f'sum by (class) (rate(reflex_redelivery_giveups_total[{RI}]))', "{{class}} given up (to .exhausted)"),
         (f'sum by (class) (rate(reflex_redelivery_skips_total[{RI}]))', "{{class}} left for a human"),
     ], unit="ops",
         description="Dead letters the reprocessor delivered back, gave up on after reprocessor.max_redeliveries "
-                    "(moved to <topic>.parked: ReflexRedeliveriesGivingUp) and left on the .dlq topic for reflexctl dlq replay."))
+                    "(moved to <topic>.exhausted: ReflexRedeliveriesGivingUp) and left on the .dlq topic for reflexctl dlq replay."))
     p.append(panel(lay, "timeseries", "Delayed partitions by stage", [(
         'sum by (stage) (reflex_delayed_partitions)', "{{stage}}")], w=24, h=6, unit="short",
         description="Partitions paused until a record's not-before time (the reprocessor waiting for redeliveries to be due). "

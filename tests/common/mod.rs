@@ -666,7 +666,7 @@ pub async fn publish_requests(
 /// attempt per delivery, a unique Redis prefix, and `extra` TOML lines in the action table.
 pub fn restart_actor_config(
     outcomes: &str,
-    blast_parked: &str,
+    blast_held: &str,
     addr: SocketAddr,
     extra: &str,
 ) -> PathBuf {
@@ -679,7 +679,7 @@ pub fn restart_actor_config(
             r#"[actor]
 redis_prefix = "{prefix}"
 outcomes_topic = "{outcomes}"
-parked_topic = "{blast_parked}"
+held_topic = "{blast_held}"
 claim_lease_ms = 2000
 claim_poll_ms = 50
 

@@ -80,8 +80,8 @@ pub struct ActorSettings {
     /// Topic of the audit records (`ActionOutcome`, one per attempt). Its schema is registered
     /// under `<topic>-value` at start-up.
     pub outcomes_topic: String,
-    /// Topic receiving requests parked by the blast-radius cap (the original record unchanged).
-    pub parked_topic: String,
+    /// Topic receiving requests held by the blast-radius cap (the original record unchanged).
+    pub held_topic: String,
     /// Requests whose `reflex-hops` header exceeds this are dead-lettered (automation loop).
     pub max_hops: u32,
     /// Shadow mode for the whole worker: record what would be done (outcome `DRY_RUN`), no effect.
@@ -178,7 +178,7 @@ pub struct ActionSettings {
     #[serde(default = "default_breaker_cooldown_ms")]
     pub breaker_cooldown_ms: u64,
     /// Blast-radius cap: at most this many executions per window, fleet-wide; the rest are
-    /// parked (outcome `PARKED`, record on `actor.parked_topic`). 0 disables it.
+    /// held (outcome `HELD`, record on `actor.held_topic`). 0 disables it.
     #[serde(default)]
     pub blast_radius_max: u64,
     /// Window of the blast-radius cap.

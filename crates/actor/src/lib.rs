@@ -60,8 +60,8 @@
 //! - dry-run / shadow mode (`actor.dry_run`, the action's `dry_run` or the request's): outcome
 //!   `DRY_RUN`, the would-be call logged, no effect, no claim;
 //! - a blast-radius cap (`blast_radius_max` per `blast_radius_window_ms`, counted in Redis):
-//!   above it the request is parked (outcome `PARKED`, the original record on
-//!   `actor.parked_topic`, a warn log line, `reflex_blast_radius_parked_total`), not executed.
+//!   above it the request is held (outcome `HELD`, the original record on
+//!   `actor.held_topic`, a warn log line, `reflex_blast_radius_held_total`), not executed.
 //!
 //! **Outbound allowlist**: a rendered URL whose host is not in `actor.allowed_hosts` (or scheme
 //! not in `actor.allowed_schemes`) is a permanent error naming the host and the setting, never sent.
@@ -111,8 +111,8 @@ use crate::store::Claim;
 pub const EXAMPLE_CONFIG: &str = "crates/actor/actor.example.toml";
 /// Header on the last outcome record of a request: `true` when nothing more will follow.
 pub const FINAL_HEADER: &str = "reflex-final";
-/// Header on parked records: why the request was parked.
-pub const PARKED_REASON_HEADER: &str = "reflex-parked-reason";
+/// Header on held records: why the request was held.
+pub const HELD_REASON_HEADER: &str = "reflex-held-reason";
 /// `ce_type` of outcome records.
 pub const OUTCOME_TYPE: &str = "dev.reflex.action.outcome";
 
@@ -260,13 +260,13 @@ impl Actor {
                 ActionResult::Failed,
                 ActionResult::DuplicateSuppressed,
                 ActionResult::DryRun,
-                ActionResult::Parked,
+                ActionResult::Held,
                 ActionResult::Rejected,
             ] {
                 metrics::counter!(m::ACTIONS, "action" => name.clone(), "result" => result.as_str())
                     .increment(0);
             }
-            for counter in [m::DEDUP_HITS, m::RATE_LIMITED, m::BLAST_RADIUS_PARKED] {
+            for counter in [m::DEDUP_HITS, m::RATE_LIMITED, m::BLAST_RADIUS_HELD] {
                 metrics::counter!(counter, "action" => name.clone()).increment(0);
             }
         }
@@ -503,7 +503,7 @@ impl Actor {
                 tokio::time::sleep(wait).await;
                 Ok(())
             }
-            Err(e) => Err(StageError::transient(format!("rate limit (Redis): {e}"))),
+            Err(e) => Err(redis_failed("rate limit", &e)),
         }
     }
 
@@ -634,11 +634,7 @@ impl Actor {
                     tokio::time::sleep(Duration::from_millis(self.settings.claim_poll_ms.max(10)))
                         .await;
                 }
-                Err(e) => {
-                    return Err(StageError::transient(format!(
-                        "idempotency claim (Redis): {e}"
-                    )))
-                }
+                Err(e) => return Err(redis_failed("idempotency claim", &e)),
             }
         }
         let work = async {
@@ -682,9 +678,7 @@ impl Actor {
             Ok(answers) => answers,
             Err(e) => {
                 for (i, _) in &work {
-                    results[*i] = Some(Err(StageError::transient(format!(
-                        "idempotency claim (Redis): {e}"
-                    ))));
+                    results[*i] = Some(Err(redis_failed("idempotency claim", &e)));
                 }
                 return;
             }
@@ -823,7 +817,7 @@ impl Actor {
 
     /// Executes a claimed request (attempts, guards, effect). On success returns its outputs
     /// and the outcome to record as done (the caller records it, one request or a batch at a
-    /// time); a parked request comes back with its claim released and nothing to record.
+    /// time); a held request comes back with its claim released and nothing to record.
     async fn execute_claimed(
         &self,
         c: &Claimable,
@@ -835,28 +829,28 @@ impl Actor {
         let name = &s.name;
         let key = &req.idempotency_key;
 
-        // Blast-radius cap: park instead of acting.
+        // Blast-radius cap: hold instead of acting.
         if s.blast_radius_max > 0 {
             let count = self
                 .store
                 .blast_count(name, Duration::from_millis(s.blast_radius_window_ms))
                 .await
-                .map_err(|e| StageError::transient(format!("blast-radius counter (Redis): {e}")))?;
+                .map_err(|e| redis_failed("blast-radius counter", &e))?;
             if count > s.blast_radius_max {
                 let reason = format!(
                     "blast-radius cap: {count} executions of `{name}` in the current {} ms window (limit {})",
                     s.blast_radius_window_ms, s.blast_radius_max
                 );
-                warn!(action = %name, idempotency_key = %key, target = %req.target, parked_topic = %self.settings.parked_topic, reason = %reason, "action parked");
-                metrics::counter!(m::BLAST_RADIUS_PARKED, "action" => name.clone()).increment(1);
+                warn!(action = %name, idempotency_key = %key, target = %req.target, held_topic = %self.settings.held_topic, reason = %reason, "action held");
+                metrics::counter!(m::BLAST_RADIUS_HELD, "action" => name.clone()).increment(1);
                 let _ = self.store.release(key, owner).await;
                 let mut headers = event.headers.clone();
-                headers.set(PARKED_REASON_HEADER, reason.clone());
-                let mut o = self.outcome(req, ActionResult::Parked, 1, c.started);
+                headers.set(HELD_REASON_HEADER, reason.clone());
+                let mut o = self.outcome(req, ActionResult::Held, 1, c.started);
                 o.error = Some(reason);
                 let outputs = vec![
                     Output {
-                        topic: self.settings.parked_topic.clone(),
+                        topic: self.settings.held_topic.clone(),
                         partition: None,
                         key: event.key.clone(),
                         payload: event.payload.clone(),
@@ -1045,8 +1039,17 @@ struct Claimable {
     started: (i64, Instant),
 }
 
+/// A Redis request before the effect failed: Redis down or slow is retried, an answer about the
+/// data (a key of the wrong type) is not ([`reflex_core::redis_conn::error_class`]).
+fn redis_failed(what: &str, e: &redis::RedisError) -> StageError {
+    StageError::new(
+        reflex_core::redis_conn::error_class(e),
+        format!("{what} (Redis): {e}"),
+    )
+}
+
 /// The effect happened but its done record is not written: the claim is released and the
-/// runtime's retry repeats the call with the same Idempotency-Key.
+/// runtime's retry repeats the call with the same Idempotency-Key, whatever Redis said.
 fn record_failed(e: redis::RedisError) -> StageError {
     StageError::transient(format!("recording the outcome (Redis): {e}"))
 }

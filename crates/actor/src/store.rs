@@ -1,18 +1,19 @@
 //! Everything the fleet shares through Redis: idempotency claims and done records, the
 //! fleet-wide rate limit (GCRA), blast-radius counters and the kill switch.
 //!
-//! One multiplexed [`ConnectionManager`] serves the whole worker. It is cloned into every key
-//! lane, and commands from concurrent lanes are written to the one connection without waiting
-//! for each other's replies: this is how Redis calls are pipelined across in-flight requests
-//! (a lane awaits only its own reply). Each multi-step operation is one Lua script, so it is
-//! atomic and costs one round trip.
+//! One multiplexed [`RedisConn`] (the fleet's one Redis connection; it comes back by itself
+//! after a Redis restart) serves the whole worker. It is cloned into every key lane, and
+//! commands from concurrent lanes are written to the one connection without waiting for each
+//! other's replies: this is how Redis calls are pipelined across in-flight requests (a lane
+//! awaits only its own reply). Each multi-step operation is one Lua script, so it is atomic and
+//! costs one round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
+use reflex_core::redis_conn::{self, RedisConn};
 
 /// Done? return it. Else try to claim (SET NX PX). Else report who holds the claim.
 const CLAIM: &str = r"
@@ -89,7 +90,7 @@ pub enum Claim {
 /// Redis access for the actor; cheap to clone (one shared multiplexed connection).
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
@@ -102,7 +103,7 @@ impl Store {
         auth: reflex_core::redis_conn::Auth,
     ) -> Result<Self, RedisError> {
         // A command waits at most 5 s, then the event fails as transient (see redis_conn).
-        let conn = reflex_core::redis_conn::connect_with_auth(url, auth).await?;
+        let conn = redis_conn::connect_with(url, auth, redis_conn::DEFAULT_TIMEOUT).await?;
         Ok(Self {
             conn,
             prefix: prefix.to_string(),

@@ -357,7 +357,7 @@ impl<'a> Ctx<'a> {
         let input = topic("in");
         // The topics after each hop, the last one read by the bench; the baseline's chain has
         // the full pipeline's stage names for its first three hops.
-        let (chain, parked): (Vec<String>, Option<String>) = match pipeline {
+        let (chain, held): (Vec<String>, Option<String>) = match pipeline {
             Pipeline::Baseline => (
                 (1..=self.hops)
                     .map(|i| match i {
@@ -372,12 +372,12 @@ impl<'a> Ctx<'a> {
             Pipeline::Router => (vec![topic("routed")], None),
             Pipeline::Full => (
                 vec![topic("routed"), topic("requests"), topic("outcomes")],
-                Some(topic("parked")),
+                Some(topic("held")),
             ),
         };
         let topics: Vec<String> = std::iter::once(input.clone())
             .chain(chain.iter().cloned())
-            .chain(parked.iter().cloned())
+            .chain(held.iter().cloned())
             .collect();
         let dlqs: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
         let all: Vec<(&str, i32)> = topics
@@ -451,7 +451,7 @@ impl<'a> Ctx<'a> {
                 &chain[0],
                 &chain[1],
                 &chain[2],
-                parked.as_deref().unwrap_or_default(),
+                held.as_deref().unwrap_or_default(),
             )?,
         };
 
@@ -733,7 +733,7 @@ impl<'a> Ctx<'a> {
         routed: &str,
         requests: &str,
         outcomes: &str,
-        parked: &str,
+        held: &str,
     ) -> anyhow::Result<Vec<Worker>> {
         let router = self.spawn_router(input, routed)?;
         let bindings = self.work.join("bindings.toml");
@@ -763,7 +763,7 @@ params = { team = "{{ context.owner.team }}" }
         std::fs::write(
             &actor_config,
             format!(
-                "[actor]\nredis_prefix = \"{prefix}\"\noutcomes_topic = \"{outcomes}\"\nparked_topic = \"{parked}\"\n\n\
+                "[actor]\nredis_prefix = \"{prefix}\"\noutcomes_topic = \"{outcomes}\"\nheld_topic = \"{held}\"\n\n\
                  [[actor.action]]\nname = \"note\"\nkind = \"log\"\nmessage = \"crash loop on {{{{ target }}}} (event {{{{ event_id }}}})\"\n",
                 prefix = unique("bench"),
             ),

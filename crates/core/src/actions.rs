@@ -49,7 +49,10 @@ pub enum ActionResult {
     Failed,
     DuplicateSuppressed,
     DryRun,
-    Parked,
+    /// Held for review by the blast-radius cap, not executed. Records written before the
+    /// rename say `PARKED`; they read as this.
+    #[serde(alias = "PARKED")]
+    Held,
     Rejected,
 }
 
@@ -61,7 +64,7 @@ impl ActionResult {
             ActionResult::Failed => "failed",
             ActionResult::DuplicateSuppressed => "duplicate_suppressed",
             ActionResult::DryRun => "dry_run",
-            ActionResult::Parked => "parked",
+            ActionResult::Held => "held",
             ActionResult::Rejected => "rejected",
         }
     }
@@ -186,16 +189,15 @@ mod tests {
         assert_eq!(json["params"]["pod"], "api-1");
     }
 
-    #[test]
-    fn action_outcome_round_trips() {
-        let outcome = ActionOutcome {
+    fn outcome(result: ActionResult) -> ActionOutcome {
+        ActionOutcome {
             idempotency_key: "k".into(),
             action: "a".into(),
             target: "t".into(),
             event_id: "e".into(),
             correlation_id: "c".into(),
             rule: Some("r".into()),
-            result: ActionResult::DuplicateSuppressed,
+            result,
             attempt: 2,
             dry_run: false,
             status_code: Some(200),
@@ -204,7 +206,12 @@ mod tests {
             worker: "actor-1".into(),
             started_at: 1,
             duration_ms: 3,
-        };
+        }
+    }
+
+    #[test]
+    fn action_outcome_round_trips() {
+        let outcome = outcome(ActionResult::DuplicateSuppressed);
         let codec = AvroCodec::<ActionOutcome>::new(12, ACTION_OUTCOME_SCHEMA).unwrap();
         let schema: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
         let bytes = codec.encode(&outcome).unwrap();
@@ -212,6 +219,28 @@ mod tests {
             AvroCodec::<ActionOutcome>::decode_with(&schema, &bytes).unwrap(),
             outcome
         );
+    }
+
+    /// The blast-radius result was renamed PARKED -> HELD: records written before (under the old
+    /// schema) still decode, as `Held`, and the new schema can read everything the old one wrote
+    /// (the registry's default BACKWARD check passes).
+    #[test]
+    fn outcomes_written_as_parked_read_as_held() {
+        let old = ACTION_OUTCOME_SCHEMA.replace(r#", "HELD"]"#, "]");
+        assert_ne!(old, ACTION_OUTCOME_SCHEMA, "the schema lists HELD last");
+        let old_schema: serde_avro_fast::Schema = old.parse().unwrap();
+        let outcome = outcome(ActionResult::Held);
+        let mut written = serde_json::to_value(&outcome).unwrap();
+        written["result"] = "PARKED".into();
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&old_schema);
+        let datum = serde_avro_fast::to_datum_vec(&written, &mut config).unwrap();
+        let read: ActionOutcome = serde_avro_fast::from_datum_slice(&datum, &old_schema).unwrap();
+        assert_eq!(read, outcome);
+        assert_eq!(ActionResult::Held.as_str(), "held");
+
+        let old = apache_avro::Schema::parse_str(&old).unwrap();
+        let new = apache_avro::Schema::parse_str(ACTION_OUTCOME_SCHEMA).unwrap();
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new).unwrap();
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub mod reflex {
     /// On a dead letter parked behind an earlier failure of the same key: that event's `ce_id`.
     pub const PARKED_BEHIND: &str = "reflex-parked-behind";
     /// A control record (no value) on an original topic: releases the key's parking when the
-    /// event with this `ce_id` went to the parked topic instead of being delivered again.
+    /// event with this `ce_id` went to the exhausted topic (`<topic>.exhausted`) instead of being delivered again.
     pub const RELEASE: &str = "reflex-release";
     /// Event signature: `keyid=<id>,sig=<base64 HMAC-SHA256>` over `ce_id`, `ce_source`,
     /// `ce_type`, `ce_time` and the value (see `crate::signing`). Verified by the router when

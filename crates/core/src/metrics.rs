@@ -36,8 +36,8 @@ pub const BREAKER_STATE: &str = "reflex_breaker_state";
 pub const RATE_LIMITED: &str = "reflex_rate_limited_total";
 /// 1 while the kill switch stops new actions, else 0.
 pub const KILL_SWITCH: &str = "reflex_kill_switch_on";
-/// Actions parked by the blast-radius cap instead of executed. Labels: `action`.
-pub const BLAST_RADIUS_PARKED: &str = "reflex_blast_radius_parked_total";
+/// Actions held by the blast-radius cap instead of executed. Labels: `action`.
+pub const BLAST_RADIUS_HELD: &str = "reflex_blast_radius_held_total";
 /// End-to-end latency: the causing event's time (`ce_time`) to the action's completion, for
 /// actions that took effect (seed metric M2/M4). Labels: `action`.
 pub const ACTION_LATENCY_SECONDS: &str = "reflex_action_latency_seconds";
@@ -47,7 +47,7 @@ pub const PARKED_KEYS: &str = "reflex_parked_keys";
 pub const PARKED_EVENTS: &str = "reflex_parked_events_total";
 /// Dead letters the reprocessor delivered back to their original topic. Labels: `class`.
 pub const REDELIVERIES: &str = "reflex_redeliveries_total";
-/// Dead letters the reprocessor gave up on (moved to `<topic>.parked`). Labels: `class`.
+/// Dead letters the reprocessor gave up on (moved to `<topic>.exhausted`). Labels: `class`.
 pub const REDELIVERY_GIVEUPS: &str = "reflex_redelivery_giveups_total";
 /// Dead letters the reprocessor left for a human (`reflexctl dlq replay`), by class. Labels: `class`.
 pub const REDELIVERY_SKIPS: &str = "reflex_redelivery_skips_total";

@@ -10,7 +10,7 @@ use thiserror::Error;
 /// Suffix of the placeholder dead-letter topic for a source topic.
 pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
 /// Where the reprocessor puts a dead letter after its last redelivery attempt.
-pub const PARKED_SUFFIX: &str = ".parked";
+pub const EXHAUSTED_SUFFIX: &str = ".exhausted";
 
 #[derive(Debug, Error)]
 pub enum TopicsError {
@@ -59,7 +59,7 @@ pub struct TopicDecl {
     /// Schema file (relative to the repository root) registered under `value_subject`.
     #[serde(default)]
     pub value_schema: Option<String>,
-    /// Also declare `<name>.dlq` (dead letters) and `<name>.parked` (records the reprocessor
+    /// Also declare `<name>.dlq` (dead letters) and `<name>.exhausted` (records the reprocessor
     /// gave up redelivering) with the same partitions and retention.
     #[serde(default)]
     pub dead_letter: bool,
@@ -118,7 +118,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<TopicDecl>, TopicsError> {
         if decl.dead_letter {
             out.push(decl.dead_letter_decl(DEAD_LETTER_SUFFIX, "dead letters"));
             out.push(
-                decl.dead_letter_decl(PARKED_SUFFIX, "records parked after their last redelivery"),
+                decl.dead_letter_decl(EXHAUSTED_SUFFIX, "records whose redeliveries are exhausted"),
             );
         }
         out.push(decl);
@@ -175,7 +175,7 @@ mod tests {
         let decls = parse(Path::new("t.toml"), text).unwrap();
         assert_eq!(decls.len(), 3);
         assert_eq!(decls[0].name, "events.dlq");
-        assert_eq!(decls[1].name, "events.parked");
+        assert_eq!(decls[1].name, "events.exhausted");
         assert_eq!(decls[2].configs()["retention.ms"], "1000");
         assert_eq!(decls[2].configs()["min.insync.replicas"], "1");
     }

@@ -180,7 +180,7 @@ impl Enricher {
         let redis = if spec.uses_redis() {
             let timeout = Duration::from_millis(settings.redis_timeout_ms);
             Some(
-                lookup::RedisConn::connect(&settings.redis_url, timeout)
+                lookup::connect_redis(&settings.redis_url, timeout)
                     .await
                     .map_err(StartError::Redis)?,
             )

@@ -2,14 +2,15 @@
 //!
 //! None of them costs one awaited round trip per event on the hot path:
 //!
-//! - **Redis**: every lane shares one multiplexed connection ([`RedisConn`]). A batch of events
-//!   from one lane sends the distinct keys of a lookup as one pipeline of `HGETALL`s
-//!   ([`Source::fetch_many`]); lanes run concurrently (`runtime.key_lanes`) and their pipelines
-//!   go down the one connection without waiting for each other's replies. The lookups of one
-//!   batch also run concurrently. A key whose answer is an error (e.g. `WRONGTYPE`) is asked
-//!   again alone, so only its events fail. Each lookup is bounded by `enricher.redis_timeout_ms`; a failed or timed-out
-//!   command is a transient error (the runtime retries it with backoff) and the next lookup
-//!   reconnects.
+//! - **Redis**: every lane shares one multiplexed connection
+//!   ([`RedisConn`](reflex_core::redis_conn::RedisConn), the fleet's one Redis connection). A
+//!   batch of events from one lane sends the distinct keys of a lookup as one pipeline of
+//!   `HGETALL`s ([`Source::fetch_many`]); lanes run concurrently (`runtime.key_lanes`) and their
+//!   pipelines go down the one connection without waiting for each other's replies. The lookups
+//!   of one batch also run concurrently. A key whose answer is an error (e.g. `WRONGTYPE`) is
+//!   asked again alone, so only its events fail. Each lookup is bounded by
+//!   `enricher.redis_timeout_ms`; a failed or timed-out command is a transient error (the
+//!   runtime retries it with backoff) and the next lookup reconnects.
 //! - **File**: an in-memory table loaded at start-up.
 //! - **HTTP**: a TTL cache (including "not found" answers) in front of `GET`; only a cache miss
 //!   goes to the server.
@@ -24,116 +25,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use reflex_core::metrics as m;
+use reflex_core::redis_conn::{self, RedisConn};
 use reflex_runtime::StageError;
 
 use crate::spec::SourceSpec;
 
-/// One multiplexed Redis connection shared by every lane (cheap to clone), reconnected lazily.
-///
-/// After a failed or timed-out command the connection is dropped and the next lookup opens a
-/// new one (one connect at a time). `redis::aio::ConnectionManager` was tried first: after a
-/// Redis restart it could stay stuck on a failed reconnect, so every lookup timed out forever.
-#[derive(Clone)]
-pub struct RedisConn {
-    client: redis::Client,
-    config: redis::AsyncConnectionConfig,
-    timeout: Duration,
-    /// (generation, connection): a failure only drops the connection it happened on.
-    current: Arc<std::sync::RwLock<Option<(u64, MultiplexedConnection)>>>,
-    connecting: Arc<tokio::sync::Mutex<u64>>,
+/// Connects the lookups' Redis (start-up fails when it cannot be reached). `timeout` bounds each
+/// pipeline of lookups, connecting included.
+pub async fn connect_redis(url: &str, timeout: Duration) -> Result<RedisConn, String> {
+    redis_conn::connect_with(url, None, timeout)
+        .await
+        .map_err(|e| {
+            let shown = redis_conn::redact_url(url);
+            if e.kind() == redis::ErrorKind::InvalidClientConfig {
+                format!("invalid URL `{shown}`: {e}")
+            } else {
+                format!(
+                    "cannot connect to {shown}: {e}{}",
+                    redis_conn::connect_hint(url, &e)
+                )
+            }
+        })
 }
 
-impl RedisConn {
-    /// Connects to `url` (start-up fails when Redis cannot be reached). `timeout` bounds connecting
-    /// and each command.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisConn, String> {
-        // Not through reflex_core::redis_conn (a ConnectionManager, see above); same URL forms,
-        // `rediss://` included, and the same redaction and TLS hint in errors.
-        let shown = reflex_core::redis_conn::redact_url(url);
-        let client = redis::Client::open(url).map_err(|e| format!("invalid URL `{shown}`: {e}"))?;
-        let redis = RedisConn {
-            client,
-            config: redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(timeout)
-                .set_response_timeout(timeout),
-            timeout,
-            current: Arc::default(),
-            connecting: Arc::default(),
-        };
-        redis.connection().await.map_err(|e| {
-            let hint = reflex_core::redis_conn::connect_hint(url, &e);
-            format!("cannot connect to {shown}: {e}{hint}")
-        })?;
-        Ok(redis)
+/// `HGETALL` of every key in one pipeline (one round trip); the rows come back in the order of
+/// `keys`.
+async fn hgetall_many(
+    redis: &RedisConn,
+    keys: &[&str],
+) -> redis::RedisResult<Vec<BTreeMap<String, String>>> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("HGETALL").arg(*key);
     }
-
-    async fn connection(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
-        if let Some(c) = self.current.read().ok().and_then(|c| c.clone()) {
-            return Ok(c);
-        }
-        let mut generation = self.connecting.lock().await;
-        if let Some(c) = self.current.read().ok().and_then(|c| c.clone()) {
-            return Ok(c);
-        }
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        *generation += 1;
-        let entry = (*generation, conn);
-        if let Ok(mut current) = self.current.write() {
-            *current = Some(entry.clone());
-        }
-        Ok(entry)
-    }
-
-    fn drop_connection(&self, generation: u64) {
-        if let Ok(mut current) = self.current.write() {
-            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-                *current = None;
-            }
-        }
-    }
-
-    /// `HGETALL` of every key in one pipeline (one round trip), bounded by the timeout
-    /// (connecting included); the rows come back in the order of `keys`.
-    async fn hgetall_many(
-        &self,
-        keys: &[&str],
-    ) -> Result<Vec<BTreeMap<String, String>>, RedisFailure> {
-        // Generation of the connection the command went out on (0: still connecting).
-        let used = AtomicU64::new(0);
-        let attempt = async {
-            let (generation, mut conn) = self.connection().await.map_err(RedisFailure::Redis)?;
-            used.store(generation, Ordering::Relaxed);
-            let mut pipe = redis::pipe();
-            for key in keys {
-                pipe.cmd("HGETALL").arg(*key);
-            }
-            let result = pipe.query_async(&mut conn).await;
-            result.map_err(|e| {
-                if e.code().is_none() {
-                    // Not an answer from the server: the connection is suspect.
-                    self.drop_connection(generation);
-                }
-                RedisFailure::Redis(e)
-            })
-        };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.drop_connection(used.load(Ordering::Relaxed));
-                Err(RedisFailure::Timeout(self.timeout))
-            }
-        }
-    }
-}
-
-enum RedisFailure {
-    Redis(redis::RedisError),
-    Timeout(Duration),
+    pipe.query_async(&mut redis.clone()).await
 }
 
 /// A lookup answer: a row of strings, or nothing.
@@ -205,31 +131,25 @@ async fn redis_hgetall(
     name: &str,
     keys: &[&str],
 ) -> Vec<Result<Row, StageError>> {
-    let error = |key: &str, failure: &RedisFailure| match failure {
-        RedisFailure::Timeout(t) => StageError::transient(format!(
-            "lookup `{name}`: Redis HGETALL {key}: no answer within {t:?}"
-        )),
-        RedisFailure::Redis(e) => {
-            let message = format!("lookup `{name}`: Redis HGETALL {key}: {e}");
-            if e.code() == Some("WRONGTYPE") || e.kind() == redis::ErrorKind::TypeError {
-                StageError::permanent(message)
-            } else {
-                StageError::transient(message)
-            }
-        }
+    // Redis down or slow is transient (the runtime retries); WRONGTYPE is permanent.
+    let error = |key: &str, e: &redis::RedisError| {
+        StageError::new(
+            redis_conn::error_class(e),
+            format!("lookup `{name}`: Redis HGETALL {key}: {e}"),
+        )
     };
     let row = |row: BTreeMap<String, String>| (!row.is_empty()).then_some(row);
     // Every lane shares the one multiplexed connection (see the module docs).
-    match redis.hgetall_many(keys).await {
+    match hgetall_many(redis, keys).await {
         Ok(rows) => rows.into_iter().map(|r| Ok(row(r))).collect(),
         // One key's error answer (e.g. WRONGTYPE) fails the whole pipeline: ask key by key, so
         // only that key's events fail.
-        Err(RedisFailure::Redis(e)) if keys.len() > 1 && e.code().is_some() => {
+        Err(e) if keys.len() > 1 && e.code().is_some() => {
             let mut results = Vec::with_capacity(keys.len());
             for key in keys {
-                results.push(match redis.hgetall_many(&[key]).await {
+                results.push(match hgetall_many(redis, &[key]).await {
                     Ok(mut rows) => Ok(rows.pop().and_then(row)),
-                    Err(failure) => Err(error(key, &failure)),
+                    Err(e) => Err(error(key, &e)),
                 });
             }
             results

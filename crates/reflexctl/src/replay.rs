@@ -503,7 +503,7 @@ async fn settle(
 }
 
 async fn checkpoint(
-    redis: Option<&mut redis::aio::ConnectionManager>,
+    redis: Option<&mut reflex_core::redis_conn::RedisConn>,
     key: &str,
     scanned_to: &BTreeMap<i32, i64>,
     status: Option<&str>,

@@ -48,7 +48,7 @@ pack's router rules, enricher bindings and actor actions, in process, with every
 stubbed, and print per event what would happen: the matching rule and destination topics (or \
 which rule dropped or dead-lettered it), the action requests the enricher would bind, and the \
 call the actor would make (method, URL, headers, body; every value escaped exactly as the actor \
-escapes it, or the refusal the actor would dead-letter), or DRY_RUN / PARKED when a guardrail \
+escapes it, or the refusal the actor would dead-letter), or DRY_RUN / HELD when a guardrail \
 holds it. Templates using `raw` (unescaped values) are listed as warnings and marked under \
 the calls they shape. The blast-radius cap is counted over the file as if its window had just started. \
 Nothing is produced and no broker, registry, Redis or target is contacted.\n\n\
@@ -567,25 +567,25 @@ fn act(
         *count += 1;
         (*count > s.blast_radius_max).then(|| {
             format!(
-                "PARKED by the blast-radius cap ({} per {} ms; this is number {count} in the window), to {}",
-                s.blast_radius_max, s.blast_radius_window_ms, config.actor.parked_topic
+                "HELD by the blast-radius cap ({} per {} ms; this is number {count} in the window), to {}",
+                s.blast_radius_max, s.blast_radius_window_ms, config.actor.held_topic
             )
         })
     });
     if let Some(why) = dry {
         let mut text = format!("      actor: DRY_RUN ({why}), would {call}\n");
-        if let Some(Some(parked)) = &capped {
-            let _ = writeln!(text, "             live, it would be {parked}");
+        if let Some(Some(held)) = &capped {
+            let _ = writeln!(text, "             live, it would be {held}");
         }
         return ActorLine {
             outcome: "dry run",
             text,
         };
     }
-    if let Some(Some(parked)) = capped {
+    if let Some(Some(held)) = capped {
         return ActorLine {
-            outcome: "parked",
-            text: format!("      actor: {parked}\n"),
+            outcome: "held",
+            text: format!("      actor: {held}\n"),
         };
     }
     ActorLine {
@@ -640,7 +640,7 @@ mod tests {
             "{report}"
         );
         assert!(
-            report.contains("restart-pod: 1 parked, 3 would run"),
+            report.contains("restart-pod: 1 held, 3 would run"),
             "{report}"
         );
         assert!(

@@ -14,7 +14,7 @@
 //!   written. Until then the runtime pauses the partition and reads the record again when it is
 //!   due ([`Stage::not_before_ms`]); nothing sleeps with work in flight.
 //! - **How often:** `reflex-redelivery-attempt` counts redeliveries; after `max_redeliveries`
-//!   the record goes to `<original topic>.parked` instead, and a release marker (no value,
+//!   the record goes to `<original topic>.exhausted` instead, and a release marker (no value,
 //!   `reflex-release: <ce_id>`) goes to the original partition so events parked behind it
 //!   move on.
 //! - **What it carries:** the original key, value and event headers (`ce_id`, hence the
@@ -71,7 +71,7 @@ impl WorkerConfig for ReprocessorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReprocessorSettings {
-    /// Redeliveries of one event before it goes to `<original topic><parked_suffix>`.
+    /// Redeliveries of one event before it goes to `<original topic><exhausted_suffix>`.
     pub max_redeliveries: u32,
     /// Error classes delivered again automatically; others wait for `reflexctl dlq replay`.
     pub redeliver_classes: Vec<String>,
@@ -81,7 +81,7 @@ pub struct ReprocessorSettings {
     /// Delay after a foreign dead letter was written before it is redelivered.
     pub foreign_delay_ms: u64,
     /// Suffix of the topic records go to after their last redelivery.
-    pub parked_suffix: String,
+    pub exhausted_suffix: String,
 }
 
 /// Invalid reprocessor settings.
@@ -96,7 +96,7 @@ pub enum SettingsError {
 pub enum Disposition {
     /// Delivered back as redelivery number `attempt`.
     Redeliver { attempt: u32 },
-    /// Out of attempts: to the parked topic, with a release marker for its key.
+    /// Out of attempts: to the exhausted topic, with a release marker for its key.
     GiveUp { attempts: u32 },
     /// Left in the dead-letter topic (not retryable, or not a dead letter at all).
     Leave { reason: &'static str },
@@ -221,7 +221,7 @@ impl Reprocessor {
             Disposition::GiveUp { attempts } => {
                 warn!(
                     ce_id, from = %from, original_topic = %dl.original_topic, attempts,
-                    "giving up after the last redelivery: parked for a human (reflexctl dlq replay)"
+                    "giving up after the last redelivery: to the exhausted topic for a human (reflexctl dlq replay)"
                 );
                 metrics::counter!(m::REDELIVERY_GIVEUPS, "class" => class.as_str()).increment(1);
                 let mut headers = event.headers.clone();
@@ -234,7 +234,7 @@ impl Reprocessor {
                 );
                 headers.set(rh::REDELIVERED_FROM, from.clone());
                 let mut outputs = vec![Output {
-                    topic: format!("{}{}", dl.original_topic, self.settings.parked_suffix),
+                    topic: format!("{}{}", dl.original_topic, self.settings.exhausted_suffix),
                     partition: None,
                     key: event.key.clone(),
                     payload: event.payload.clone(),
@@ -335,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn permanent_ones_stay_and_exhausted_ones_park_with_a_release() {
+    fn permanent_ones_stay_and_exhausted_ones_leave_with_a_release() {
         let r = Reprocessor::new(settings()).unwrap();
         for class in ["permanent", "poison", "schema", "unauthorized"] {
             assert!(
@@ -354,7 +354,7 @@ mod tests {
             .reprocess(&dead_letter("transient", Some(5), false))
             .unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].topic, "in.parked");
+        assert_eq!(out[0].topic, "in.exhausted");
         assert!(out[0]
             .headers
             .get_str(rh::ERROR_MESSAGE)

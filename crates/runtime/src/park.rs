@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use reflex_core::headers::{ce, reflex as rh};
 use reflex_core::metrics as m;
+use reflex_core::redis_conn::RedisConn;
 use tokio::sync::Mutex;
 use tracing::warn;
 
@@ -97,7 +97,7 @@ impl Parked {
 
 /// Parking state of this replica's partitions.
 pub struct Parking {
-    redis: Option<ConnectionManager>,
+    redis: Option<RedisConn>,
     prefix: String,
     stage: &'static str,
     partitions: Mutex<Partitions>,
@@ -109,7 +109,7 @@ impl Parking {
     /// `prefix` names the consumer group (`reflex:park:<group>`); without `redis` the state is
     /// in process only.
     pub fn new(
-        redis: Option<ConnectionManager>,
+        redis: Option<RedisConn>,
         prefix: String,
         stage: &'static str,
         generation: Arc<AtomicU64>,
@@ -185,7 +185,7 @@ impl Parking {
 
     /// After a retryable final failure: the event heads its key's queue (new or existing) and
     /// is due again at `not_before_ms`.
-    pub async fn hold(&self, event: &Event, not_before_ms: i64) {
+    pub async fn await_redelivery(&self, event: &Event, not_before_ms: i64) {
         let (Some(key), Some(id)) = (&event.key, event.headers.get_str(ce::ID)) else {
             return;
         };
@@ -319,10 +319,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn later_events_of_a_held_key_park_in_order_and_follow_the_head() {
+    async fn later_events_of_a_waiting_key_park_in_order_and_follow_the_head() {
         let p = Parking::new(None, "p".into(), "test", Arc::default());
         assert_eq!(p.decide(&event("A", "a1")).await, Decision::Process);
-        p.hold(&event("A", "a1"), 10).await;
+        p.await_redelivery(&event("A", "a1"), 10).await;
         let parked = Decision::Park {
             behind: "a1".into(),
             not_before_ms: 10,
@@ -333,7 +333,7 @@ mod tests {
         // Redelivered in order: a2 before its head succeeded parks again, unchanged.
         assert_eq!(p.decide(&event("A", "a2")).await, parked);
         assert_eq!(p.decide(&event("A", "a1")).await, Decision::ProcessHead);
-        p.hold(&event("A", "a1"), 20).await; // failed again: still the head, due later
+        p.await_redelivery(&event("A", "a1"), 20).await; // failed again: still the head, due later
         assert_eq!(p.decide(&event("A", "a1")).await, Decision::ProcessHead);
         assert_eq!(
             p.decide(&event("A", "a3")).await,
@@ -365,7 +365,7 @@ mod redis_tests {
         let prefix = format!("reflex:park:test-{}", std::process::id());
         let conn = reflex_core::redis_conn::connect(&url).await.unwrap();
         let first = Parking::new(Some(conn.clone()), prefix.clone(), "test", Arc::default());
-        first.hold(&event("K", "k1"), 42).await;
+        first.await_redelivery(&event("K", "k1"), 42).await;
         assert!(matches!(
             first.decide(&event("K", "k2")).await,
             Decision::Park { .. }

@@ -783,7 +783,7 @@ async fn process_batch<S: Stage>(
                 (Decision::Process | Decision::ProcessHead, Some((class, not_before_ms)))
                     if class.is_retryable() =>
                 {
-                    parking.hold(&event, not_before_ms).await
+                    parking.await_redelivery(&event, not_before_ms).await
                 }
                 (Decision::ProcessHead, _) => parking.settle_head(&event).await,
                 _ => {}
