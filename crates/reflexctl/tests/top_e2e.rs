@@ -124,7 +124,7 @@ async fn top_once_shows_what_the_workers_metrics_say() {
     let events = unique("top-events");
     let (routed_a, routed_b) = (unique("top-routed-a"), unique("top-routed-b"));
     let requests = unique("top-requests");
-    let (outcomes, parked) = (unique("top-outcomes"), unique("top-parked"));
+    let (outcomes, held) = (unique("top-outcomes"), unique("top-held"));
     create_topics(
         &stack.bootstrap,
         &[
@@ -135,7 +135,7 @@ async fn top_once_shows_what_the_workers_metrics_say() {
             (&requests, 1),
             (&format!("{requests}.dlq"), 1),
             (&outcomes, 1),
-            (&parked, 1),
+            (&held, 1),
         ],
     )
     .await;
@@ -177,7 +177,7 @@ async fn top_once_shows_what_the_workers_metrics_say() {
     let (target, addr) = Target::start().await;
     let config = restart_actor_config(
         &outcomes,
-        &parked,
+        &held,
         addr,
         "breaker_failures = 2\nbreaker_cooldown_ms = 600000\n",
     );

@@ -18,7 +18,7 @@ const OUTCOMES: [ActionResult; 6] = [
     ActionResult::Succeeded,
     ActionResult::Failed,
     ActionResult::Rejected,
-    ActionResult::Parked,
+    ActionResult::Held,
     ActionResult::DryRun,
     ActionResult::DuplicateSuppressed,
 ];

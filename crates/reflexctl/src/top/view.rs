@@ -369,7 +369,7 @@ mod tests {
             "succeeded",
             "failed",
             "rejected",
-            "parked",
+            "held",
             "dry_run",
             "duplicate_suppressed",
         ]
