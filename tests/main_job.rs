@@ -75,6 +75,9 @@ fn main_job_runs_the_crash_loop_pack_and_its_checks_pass() {
     for name in ["router", "enricher", "actor", "reprocessor"] {
         let w = &workers[name];
         assert!(w["cpu_s"].as_f64().unwrap_or(0.0) > 0.0, "{name}: {w}");
-        assert!(w["peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0, "{name}: {w}");
+        assert!(
+            w["peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0,
+            "{name}: {w}"
+        );
     }
 }

@@ -287,10 +287,12 @@ pub fn check(e: &Evidence) -> Verdict {
             t.repeated_keys == 0 && duplicate_effects == 0,
             format!(
                 "zero duplicate effects: the target saw {} Idempotency-Keys in {} requests, {} of \
-                 them more than once ({dup_outcomes} keys with two SUCCEEDED outcomes)",
+                 them more than once, {} applied twice ({dup_outcomes} keys with two SUCCEEDED \
+                 outcomes)",
                 fmt(t.keys),
                 fmt(t.requests),
-                t.repeated_keys
+                t.repeated_keys,
+                t.duplicate_effects
             ),
         );
     }
