@@ -2,9 +2,9 @@
 //! with nothing configured. It brings up its own stack through scripts/stack.sh (a fresh broker,
 //! Redis and registry, so no other test's records on the pack's topics can skew its counts),
 //! runs the crash-loop pack through router → enricher → actor → fake target, and checks its own
-//! accounting. This test checks that the command exited 0, that every check in its summary
-//! passed, and that the summary's numbers add up: nothing lost, no duplicate effects, the
-//! restart cap held.
+//! accounting (`reflex-bench main-job`). This test checks that the command exited 0, that every
+//! check in its summary passed, and that the summary's numbers add up: nothing lost, no
+//! duplicate effects, the restart cap held, and each worker's CPU and memory were sampled.
 
 #[test]
 fn main_job_runs_the_crash_loop_pack_and_its_checks_pass() {
@@ -69,4 +69,15 @@ fn main_job_runs_the_crash_loop_pack_and_its_checks_pass() {
         "{summary:#}"
     );
     assert_eq!(n(&target["requests"]), n(&target["keys"]), "{summary:#}");
+
+    // The four workers, sampled before they were stopped.
+    let workers = summary["workers"].as_object().expect("workers");
+    for name in ["router", "enricher", "actor", "reprocessor"] {
+        let w = &workers[name];
+        assert!(w["cpu_s"].as_f64().unwrap_or(0.0) > 0.0, "{name}: {w}");
+        assert!(
+            w["peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0,
+            "{name}: {w}"
+        );
+    }
 }

@@ -1,149 +1,56 @@
-//! `reflex-bench`: the load generator and report of issue 7.
+//! `reflex-bench`: the harness binary. Its commands share one implementation of what they have
+//! in common (the `reflex_bench` library: worker processes, worker settings, publishing,
+//! reading topics back, lag, CPU/RSS sampling, the fake target):
 //!
-//! It produces `--events` realistic Avro pod events (Confluent framing, CloudEvents headers, 1000
-//! keys) to the local stack at `--rate` events/s (or as fast as it can), runs the chosen worker
-//! processes, consumes the last topic of the chain and reports, per scenario:
-//! throughput, p50/p95/p99 end-to-end latency (produce call → output record consumed back by
-//! the bench, so it includes the workers' produce acknowledgement and one fetch), CPU seconds per
-//! event (utime+stime of the worker processes from `/proc/<pid>/stat`), peak RSS (`VmHWM`) and
-//! the summed `VmRSS` of the workers sampled every 250 ms over the measured window: its start,
-//! max, the values at 10/50/90% of the window and the spread `(max - min) / min` after the first
-//! 10% (the ramp-up while librdkafka's fetch queue and the in-flight window fill); `--json` also
-//! gets the whole series. Under `scripts/stack.sh` it also reports the CPU of the broker and of
-//! Redis (their process groups, from `REFLEX_TEST_BROKER_PID` / `REFLEX_TEST_REDIS_PID`) in the
-//! same window: they share the two cores with the workers, so they bound what the workers can
-//! reach.
+//! - no command: the load benchmark (throughput, latency, CPU, RSS against a raw passthrough
+//!   baseline), see `bench.rs`;
+//! - `main-job`: a scenario pack end to end with a live view and a final accounting check (what
+//!   `scripts/demo` runs), see `mainjob/`;
+//! - `faults`: the fault-injection suite, one main-job run per scenario with a fault injected
+//!   (what `scripts/faults` runs), see `faults.rs`;
+//! - `fake-target`: the fake target API alone, for running a pack by hand.
 //!
-//! In the same run it measures a **raw passthrough baseline** with the pipeline's topology:
-//! `--hops` processes of this binary started as `reflex-bench passthrough` (an rdkafka consume →
-//! produce loop with no processing, the same broker and the runtime's client settings), chained
-//! through their own topics and groups, as many as the pipeline has stages (router 1; full 3:
-//! input → routed → requests → outcomes), so the ratios compare like with like. Every figure is
-//! also printed as a ratio to the baseline. `--pipeline baseline` runs the baseline alone (one
-//! hop unless `--hops N`).
-//!
-//! **Backlog mode** (`--backlog`, the "RSS flat while draining a backlog" target): after the
-//! warm-up the workers are stopped with SIGSTOP, all `--events` are produced and acknowledged,
-//! then the workers get SIGCONT and the drain is measured. The workers are warm (connections,
-//! group membership, schema caches) and then find the whole backlog in their input, which a
-//! producer racing running workers does not give. In this mode the window starts at the resume:
-//! throughput is events / (resume → last output), latency is the time from the resume to each
-//! output (its place in the drain, not a service latency), CPU and RSS cover the drain only. The
-//! workers' group session is raised to `--backlog-session-timeout-s` (120) there, so the stop
-//! does not make librdkafka drop the assignment and rejoin on resume (a warning says when the
-//! stop lasted longer; stderr also prints the delay from the resume to the first output).
-//!
-//! ```text
-//! cargo build --release --workspace --bins
-//! scripts/stack.sh run -- target/release/reflex-bench --events 200000 --rate max --pipeline router
-//! scripts/stack.sh run -- target/release/reflex-bench --events 100000 --rate max --pipeline full
-//! scripts/stack.sh run -- target/release/reflex-bench --events 5000000 --pipeline router \
-//!     --no-baseline --backlog
-//! ```
-//!
-//! Pipelines: `router` (router alone, a rule reading payload fields), `full` (router → enricher
-//! with a Redis lookup → actor with a `log` action, claims and done records in Redis). Workers
-//! run from the directory of this binary (so a release bench runs release workers) with
-//! `telemetry.log_level = warn`; their logs stay in the printed work directory.
+//! Exit codes: 0 success, 1 a check failed, 2 an error or bad usage.
 
+mod bench;
+mod faults;
+mod mainjob;
 mod passthrough;
 mod report;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand, ValueEnum};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
-use reflex_core::headers::ce;
-use reflex_core::registry::RegistryClient;
-use reflex_testkit::{ce_headers, client_config, create_topics, unique};
-
-use crate::report::{Report, RssSample, Scenario, ServiceFigures, WorkerFigures};
-
-const POD_SCHEMA: &str = include_str!("../../../avro/k8s_pod_event.avsc");
-/// Events sent (and waited for) before measuring: group joins, connections, schema caches.
-const WARMUP_PREFIX: &str = "warm-";
-const EVENT_PREFIX: &str = "ev-";
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "reflex-bench",
     version,
-    about = "Load generator and report for Reflex workers"
+    about = "Load generator, main job and fault suite for Reflex workers",
+    args_conflicts_with_subcommands = true
 )]
-struct Args {
+struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Events to measure per scenario.
-    #[arg(long, default_value_t = 100_000)]
-    events: u64,
-    /// Target produce rate in events/s, or `max` (as fast as the producer can).
-    #[arg(long, default_value = "max")]
-    rate: String,
-    /// Which workers to run after the baseline.
-    #[arg(long, value_enum, default_value_t = Pipeline::Router)]
-    pipeline: Pipeline,
-    /// Partitions of every topic the bench creates.
-    #[arg(long, default_value_t = 6)]
-    partitions: i32,
-    /// Distinct keys (pods) the events spread over.
-    #[arg(long, default_value_t = 1000)]
-    keys: u64,
-    /// Warm-up events per scenario (not measured).
-    #[arg(long, default_value_t = 200)]
-    warmup: u64,
-    /// Give up when no output arrived for this long (the report then shows what is missing).
-    #[arg(long, default_value_t = 60)]
-    stall_timeout_s: u64,
-    /// Skip the passthrough baseline (ratios are then not printed).
-    #[arg(long)]
-    no_baseline: bool,
-    /// Chained passthrough hops in the baseline. Default: the pipeline's (router 1, full 3;
-    /// `--pipeline baseline` alone 1), so the ratio compares the same topology.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    hops: Option<u32>,
-    /// Drain a backlog: after the warm-up the workers are stopped (SIGSTOP), all `--events` are
-    /// produced, then the workers are resumed (SIGCONT) and the drain is measured.
-    #[arg(long)]
-    backlog: bool,
-    /// Group session timeout of the workers in backlog mode, seconds; must exceed the time the
-    /// workers are stopped (about the time to produce the backlog). A stopped member sends no
-    /// heartbeats: past its session librdkafka itself revokes the partitions on resume and
-    /// rejoins, so the drain would start with a rebalance (a warning says so).
-    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(6..=1800))]
-    backlog_session_timeout_s: u32,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Directory with the worker binaries (default: the directory of this binary).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-    #[arg(long, env = "REFLEX_TEST_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
-    #[arg(
-        long,
-        env = "REFLEX_TEST_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry_url: String,
-    #[arg(
-        long,
-        env = "REFLEX_TEST_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    bench: bench::BenchArgs,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a scenario pack end to end under load, with a live view, then check that nothing
+    /// was lost and no effect was applied twice (what `scripts/demo` runs).
+    MainJob(mainjob::MainJobArgs),
+    /// The fault-injection suite: one main-job run per scenario with a fault injected (what
+    /// `scripts/faults` runs, one fresh stack per scenario).
+    Faults(faults::FaultsArgs),
+    /// The fake target API alone: applies each Idempotency-Key once, one JSON line per request
+    /// on stdout; `POST /control?mode=ok|fail|timeout[&delay_ms=N]` switches failure modes.
+    FakeTarget {
+        /// Port on 127.0.0.1.
+        #[arg(default_value_t = 18080)]
+        port: u16,
+    },
     /// The baseline worker: consume → produce with no processing (started by the bench itself).
     #[command(hide = true)]
     Passthrough {
@@ -163,891 +70,63 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Pipeline {
-    /// Only the passthrough baseline.
-    Baseline,
-    /// The router alone.
-    Router,
-    /// Router → enricher → actor (log action).
-    Full,
-}
-
-impl Pipeline {
-    fn name(self) -> &'static str {
-        match self {
-            Pipeline::Baseline => "baseline",
-            Pipeline::Router => "router",
-            Pipeline::Full => "router+enricher+actor",
-        }
-    }
-
-    /// Consume → produce hops between the input and the topic the bench reads.
-    fn hops(self) -> u32 {
-        match self {
-            Pipeline::Baseline | Pipeline::Router => 1,
-            Pipeline::Full => 3,
-        }
-    }
-}
-
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    match &args.command {
-        Some(Cmd::Passthrough {
-            bootstrap,
-            group,
-            input,
-            output,
-            session_timeout_ms,
-            max_poll_interval_ms,
-        }) => runtime.block_on(passthrough::run(
-            bootstrap,
-            group,
-            input,
-            output,
-            *session_timeout_ms,
-            *max_poll_interval_ms,
-        )),
-        None => runtime.block_on(bench(&args)),
-    }
-}
-
-async fn bench(args: &Args) -> anyhow::Result<()> {
-    let rate = match args.rate.as_str() {
-        "max" => None,
-        r => Some(
-            r.parse::<f64>()
-                .ok()
-                .filter(|r| *r > 0.0)
-                .with_context(|| {
-                    format!("--rate {r}: use a positive number of events/s or `max`")
-                })?,
-        ),
-    };
-    if args.events == 0 {
-        bail!("--events must be at least 1");
-    }
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary has no directory")?
-            .to_path_buf(),
-    };
-    let hops = args.hops.unwrap_or(args.pipeline.hops());
-    let work = std::env::temp_dir().join(unique("reflex-bench"));
-    std::fs::create_dir_all(&work)?;
-    eprintln!(
-        "reflex-bench: {} events{}, rate {}, pipeline {}, baseline hops {hops}, broker {}, \
-         workers from {}, logs in {}",
-        args.events,
-        if args.backlog { " (backlog)" } else { "" },
-        args.rate,
-        args.pipeline.name(),
-        args.bootstrap,
-        bin_dir.display(),
-        work.display()
-    );
-    let ctx = Ctx {
-        args,
-        rate,
-        hops,
-        bin_dir,
-        work,
-    };
-    let baseline = if args.no_baseline && args.pipeline != Pipeline::Baseline {
-        None
-    } else {
-        Some(ctx.scenario(Pipeline::Baseline).await?)
-    };
-    let pipeline = if args.pipeline == Pipeline::Baseline {
-        None
-    } else {
-        Some(ctx.scenario(args.pipeline).await?)
-    };
-    let report = Report::new(
-        args.events,
-        args.rate.clone(),
-        args.partitions,
-        args.backlog,
-        baseline,
-        pipeline,
-    );
-    println!("{}", report.table());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("write {}", path.display()))?;
-    }
-    Ok(())
-}
-
-struct Ctx<'a> {
-    args: &'a Args,
-    rate: Option<f64>,
-    /// Passthrough hops of the baseline scenario.
-    hops: u32,
-    bin_dir: PathBuf,
-    work: PathBuf,
-}
-
-/// A worker process, killed when dropped.
-struct Worker {
-    name: String,
-    child: Child,
-}
-
-impl Worker {
-    /// Sends `signal` (`STOP`, `CONT`) to the process; every thread of it stops or resumes.
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .context("run kill")?;
-        if !status.success() {
-            bail!(
-                "kill -{signal} {} ({}): {status}",
-                self.child.id(),
-                self.name
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What the output consumer saw.
-struct Seen {
-    warm: u64,
-    received: u64,
-    duplicates: u64,
-    first_us: u64,
-    last_us: u64,
-    got: Vec<bool>,
-    latencies_us: Vec<u64>,
-}
-
-impl<'a> Ctx<'a> {
-    async fn scenario(&self, pipeline: Pipeline) -> anyhow::Result<Scenario> {
-        let a = self.args;
-        let (tag, name) = match pipeline {
-            Pipeline::Baseline => (
-                "base",
-                format!(
-                    "baseline ({} hop{})",
-                    self.hops,
-                    if self.hops == 1 { "" } else { "s" }
-                ),
-            ),
-            Pipeline::Router => ("router", pipeline.name().to_string()),
-            Pipeline::Full => ("full", pipeline.name().to_string()),
-        };
-        let topic = |stage: &str| unique(&format!("bench-{tag}-{stage}"));
-        let input = topic("in");
-        // The topics after each hop, the last one read by the bench; the baseline's chain has
-        // the full pipeline's stage names for its first three hops.
-        let (chain, held): (Vec<String>, Option<String>) = match pipeline {
-            Pipeline::Baseline => (
-                (1..=self.hops)
-                    .map(|i| match i {
-                        1 => topic("routed"),
-                        2 => topic("requests"),
-                        3 => topic("outcomes"),
-                        i => topic(&format!("hop{i}")),
-                    })
-                    .collect(),
-                None,
-            ),
-            Pipeline::Router => (vec![topic("routed")], None),
-            Pipeline::Full => (
-                vec![topic("routed"), topic("requests"), topic("outcomes")],
-                Some(topic("held")),
-            ),
-        };
-        let topics: Vec<String> = std::iter::once(input.clone())
-            .chain(chain.iter().cloned())
-            .chain(held.iter().cloned())
-            .collect();
-        let dlqs: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
-        let all: Vec<(&str, i32)> = topics
-            .iter()
-            .map(|t| (t.as_str(), a.partitions))
-            .chain(dlqs.iter().map(|t| (t.as_str(), 1)))
-            .collect();
-        create_topics(&a.bootstrap, &all).await;
-
-        let registry = RegistryClient::new(
-            &a.registry_url,
-            Duration::from_secs(5),
-            Duration::from_secs(1),
-        );
-        let schema_id = registry
-            .register(&format!("{input}-value"), POD_SCHEMA)
-            .await
-            .with_context(|| format!("register the pod schema at {}", a.registry_url))?;
-
-        let last_topic = chain
-            .last()
-            .context("a scenario has at least one hop")?
-            .clone();
-        // Subscribe before any worker produces, so the first outputs are not missed.
-        let seen = Arc::new(Mutex::new(Seen {
-            warm: 0,
-            received: 0,
-            duplicates: 0,
-            first_us: u64::MAX,
-            last_us: 0,
-            got: vec![false; a.events as usize],
-            latencies_us: Vec::with_capacity(a.events as usize),
-        }));
-        let sent_us: Arc<Vec<AtomicU64>> =
-            Arc::new((0..a.events).map(|_| AtomicU64::new(0)).collect());
-        let t0 = Instant::now();
-        let reader = tokio::spawn(read_outputs(
-            a.bootstrap.clone(),
-            last_topic.clone(),
-            seen.clone(),
-            sent_us.clone(),
-            t0,
-        ));
-
-        let mut workers = match pipeline {
-            Pipeline::Baseline => {
-                // One process and group per hop, like the pipeline's stages.
-                let mut workers = Vec::new();
-                let mut from = &input;
-                for (i, to) in chain.iter().enumerate() {
-                    let name = if chain.len() == 1 {
-                        "passthrough".to_string()
-                    } else {
-                        format!("passthrough-{}", i + 1)
-                    };
-                    let (session, poll) = self.group_timeouts_ms();
-                    let mut c = Command::new(std::env::current_exe()?);
-                    c.args(["passthrough", "--bootstrap", &a.bootstrap, "--group"])
-                        .arg(unique("bench-passthrough"))
-                        .args(["--input", from, "--output", to])
-                        .arg(format!("--session-timeout-ms={session}"))
-                        .arg(format!("--max-poll-interval-ms={poll}"));
-                    workers.push(self.spawn(&name, c)?);
-                    from = to;
-                }
-                workers
-            }
-            Pipeline::Router => vec![self.spawn_router(&input, &chain[0])?],
-            Pipeline::Full => self.spawn_full(
-                &input,
-                &chain[0],
-                &chain[1],
-                &chain[2],
-                held.as_deref().unwrap_or_default(),
-            )?,
-        };
-
-        let producer: FutureProducer = reflex_testkit::producer(&a.bootstrap);
-        let payloads: Vec<Vec<u8>> = (0..a.keys.max(1))
-            .map(|k| pod_event(schema_id, &format!("pod-{k}"), k as i64))
-            .collect::<anyhow::Result<_>>()?;
-        let keys: Vec<String> = (0..a.keys.max(1)).map(|k| format!("pod-{k}")).collect();
-
-        // Warm-up: wait until every warm-up event came out of the chain.
-        let produce_one = |id: String, n: u64| {
-            let k = (n % keys.len() as u64) as usize;
-            (id, k)
-        };
-        eprintln!(
-            "[{name}] warming up: {} events through {}",
-            a.warmup,
-            workers
-                .iter()
-                .map(|w| w.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" → ")
-        );
-        for n in 0..a.warmup {
-            let (id, k) = produce_one(format!("{WARMUP_PREFIX}{n}"), n);
-            send(&producer, &input, &keys[k], &payloads[k], &id).await?;
-        }
-        // The group joins are part of the warm-up, and can take up to the session timeout.
-        let (session_ms, _) = self.group_timeouts_ms();
-        let warmup_limit = Duration::from_secs(120) + Duration::from_millis(session_ms.into());
-        let deadline = Instant::now() + warmup_limit;
-        while seen.lock().unwrap().warm < a.warmup {
-            self.check_alive(&mut workers)?;
-            if Instant::now() > deadline {
-                bail!(
-                    "warm-up: only {}/{} events came out of {} within {} s; worker logs in {}",
-                    seen.lock().unwrap().warm,
-                    a.warmup,
-                    last_topic,
-                    warmup_limit.as_secs(),
-                    self.work.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-
-        // Measured window. In backlog mode it starts at the resume: the workers are stopped
-        // while the backlog is produced (so they cannot keep up with the producer and turn it
-        // into a stream), and the figures cover only the drain.
-        let stopped_at = Instant::now();
-        if a.backlog {
-            for w in &workers {
-                w.signal("STOP")?;
-            }
-            eprintln!(
-                "[{name}] workers stopped; producing a backlog of {} events",
-                a.events
-            );
-        } else {
-            eprintln!("[{name}] producing {} events", a.events);
-        }
-        let produce_started = Instant::now();
-        let mut window_start = produce_started;
-        let mut resume_us = None;
-        let mut cpu_start: Vec<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
-        let services = stack_services();
-        let mut services_start: Vec<f64> = services
-            .iter()
-            .map(|(_, pgid)| group_cpu_seconds(*pgid))
-            .collect();
-        let rss_samples = Arc::new(Mutex::new(Vec::<RssSample>::new()));
-        let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
-        let mut sampler = (!a.backlog)
-            .then(|| tokio::spawn(sample_rss(pids.clone(), rss_samples.clone(), window_start)));
-        let failures = produce_all(
-            &producer, &input, &keys, &payloads, a.events, self.rate, &sent_us, t0,
-        )
-        .await;
-        let produce_s = produce_started.elapsed().as_secs_f64();
-        eprintln!(
-            "[{name}] produced in {produce_s:.2} s ({:.0}/s), waiting for outputs",
-            a.events as f64 / produce_s
-        );
-        if a.backlog {
-            // Every measured event is in the topic (`produce_all` awaited the acks). Their clock
-            // starts now: the throughput is events / (resume → last output), and latency is the
-            // time into the drain at which each came out, not a service latency.
-            let stopped = stopped_at.elapsed();
-            if stopped >= Duration::from_millis(session_ms.into()) {
-                eprintln!(
-                    "[{name}] warning: the workers were stopped {:.0} s, longer than their session \
-                     timeout ({} s): the drain starts with a rebalance; raise \
-                     --backlog-session-timeout-s",
-                    stopped.as_secs_f64(),
-                    session_ms / 1000
-                );
-            }
-            window_start = Instant::now();
-            let resume = t0.elapsed().as_micros() as u64;
-            for s in sent_us.iter() {
-                s.store(resume, Ordering::Relaxed);
-            }
-            resume_us = Some(resume);
-            cpu_start = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
-            services_start = services
-                .iter()
-                .map(|(_, pgid)| group_cpu_seconds(*pgid))
-                .collect();
-            sampler = Some(tokio::spawn(sample_rss(
-                pids.clone(),
-                rss_samples.clone(),
-                window_start,
-            )));
-            for w in &workers {
-                w.signal("CONT")?;
-            }
-            eprintln!("[{name}] workers resumed, draining");
-        }
-        let stall = Duration::from_secs(a.stall_timeout_s);
-        let mut last_progress = (0, Instant::now());
-        loop {
-            let received = seen.lock().unwrap().received;
-            if received >= a.events {
-                break;
-            }
-            if received != last_progress.0 {
-                last_progress = (received, Instant::now());
-            } else if last_progress.1.elapsed() > stall {
-                eprintln!(
-                    "[{name}] no output for {} s: stopping with {received}/{} received",
-                    a.stall_timeout_s, a.events
-                );
-                break;
-            }
-            self.check_alive(&mut workers)?;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let window_s = window_start.elapsed().as_secs_f64();
-        if let Some(resume_us) = resume_us {
-            // A long gap here means the workers did more than drain (e.g. rejoined their group).
-            let first_us = seen.lock().unwrap().first_us;
-            if first_us != u64::MAX {
-                eprintln!(
-                    "[{name}] first output {:.2} s after the resume, drained in {window_s:.2} s",
-                    first_us.saturating_sub(resume_us) as f64 / 1e6
-                );
-            }
-        }
-        let cpu_end: Vec<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).collect();
-        let services: Vec<ServiceFigures> = services
-            .iter()
-            .zip(&services_start)
-            .map(|((name, pgid), start)| ServiceFigures {
-                name: name.to_string(),
-                pgid: *pgid,
-                cpu_s: group_cpu_seconds(*pgid) - start,
-            })
-            .collect();
-        if let Some(sampler) = sampler {
-            sampler.abort();
-        }
-        reader.abort();
-        let per_worker: Vec<WorkerFigures> = workers
-            .iter()
-            .zip(cpu_start.iter().zip(&cpu_end))
-            .map(|(w, (s, e))| WorkerFigures {
-                name: w.name.clone(),
-                pid: w.child.id(),
-                cpu_s: e - s,
-                peak_rss_mb: status_kb(w.child.id(), "VmHWM:") as f64 / 1024.0,
-            })
-            .collect();
-        drop(workers);
-        let mut seen = std::mem::replace(
-            &mut *seen.lock().unwrap(),
-            Seen {
-                warm: 0,
-                received: 0,
-                duplicates: 0,
-                first_us: 0,
-                last_us: 0,
-                got: Vec::new(),
-                latencies_us: Vec::new(),
-            },
-        );
-        let rss = rss_samples.lock().unwrap().clone();
-        let first_send_us = sent_us
-            .first()
-            .map(|s| s.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        Ok(Scenario::new(
-            &name,
-            a.events,
-            failures,
-            &mut seen.latencies_us,
-            seen.received,
-            seen.duplicates,
-            seen.last_us
-                .saturating_sub(first_send_us.min(seen.first_us)),
-            produce_s,
-            per_worker,
-            rss,
-            window_s,
-            services,
-        ))
-    }
-
-    /// Session and max-poll-interval of the workers' consumer groups.
-    /// In backlog mode the session covers the stop; librdkafka wants
-    /// `max.poll.interval.ms >= session.timeout.ms`, and the stop also counts as a poll gap.
-    fn group_timeouts_ms(&self) -> (u32, u32) {
-        if self.args.backlog {
-            let session = self.args.backlog_session_timeout_s * 1000;
-            (session, session.max(300_000))
-        } else {
-            (6000, 300_000)
-        }
-    }
-
-    fn spawn(&self, name: &str, mut command: Command) -> anyhow::Result<Worker> {
-        let log = self.work.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .with_context(|| format!("start {name}"))?;
-        Ok(Worker {
-            name: name.to_string(),
-            child,
-        })
-    }
-
-    fn worker(&self, bin: &str, input: &str) -> anyhow::Result<Command> {
-        let path = self.bin_dir.join(bin);
-        if !path.exists() {
-            bail!(
-                "{} is missing: build the workers next to reflex-bench first \
-                 (`cargo build --release --workspace --bins` for a release bench)",
-                path.display()
-            );
-        }
-        let a = self.args;
-        let (session, poll) = self.group_timeouts_ms();
-        let mut c = Command::new(path);
-        c.env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &a.bootstrap)
-            .env("REFLEX_KAFKA__GROUP_ID", unique(bin))
-            .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
-            .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", session.to_string())
-            .env("REFLEX_KAFKA__MAX_POLL_INTERVAL_MS", poll.to_string())
-            .env("REFLEX_REGISTRY__URL", &a.registry_url)
-            .env("REFLEX_TELEMETRY__LOG_LEVEL", "warn")
-            .env("REFLEX_TELEMETRY__LOG_FORMAT", "text")
-            .env_remove("RUST_LOG")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
-        Ok(c)
-    }
-
-    fn spawn_router(&self, input: &str, output: &str) -> anyhow::Result<Worker> {
-        // The example rule: reads two payload fields, so every event is decoded.
-        let rules = self.work.join("rules.toml");
-        std::fs::write(
-            &rules,
-            format!(
-                "unmatched = \"drop\"\n[[rule]]\nname = \"crashloop-remediation\"\n\
-                 when = 'ce.type == \"io.k8s.pod.crashloop\" && payload.restart_count >= 3 && !payload.rollout_in_progress'\n\
-                 to = [\"{output}\"]\n"
-            ),
-        )?;
-        let mut c = self.worker("reflex-router", input)?;
-        c.env("REFLEX_ROUTER__RULES_FILE", &rules);
-        self.spawn("router", c)
-    }
-
-    fn spawn_full(
-        &self,
-        input: &str,
-        routed: &str,
-        requests: &str,
-        outcomes: &str,
-        held: &str,
-    ) -> anyhow::Result<Vec<Worker>> {
-        let router = self.spawn_router(input, routed)?;
-        let bindings = self.work.join("bindings.toml");
-        std::fs::write(
-            &bindings,
-            r#"[[lookup]]
-name = "owner"
-kind = "redis"
-key = "owners:{{ payload.namespace }}"
-on_missing = "default"
-default = { team = "unknown" }
-
-[[binding]]
-action = "note"
-kind = "log"
-when_rules = ["crashloop-remediation"]
-target = "pods/{{ payload.namespace }}/{{ payload.pod }}"
-params = { team = "{{ context.owner.team }}" }
-"#,
-        )?;
-        let mut c = self.worker("reflex-enricher", routed)?;
-        c.env("REFLEX_ENRICHER__BINDINGS_FILE", &bindings)
-            .env("REFLEX_ENRICHER__OUTPUT_TOPIC", requests)
-            .env("REFLEX_ENRICHER__REDIS_URL", &self.args.redis_url);
-        let enricher = self.spawn("enricher", c)?;
-        let actor_config = self.work.join("actor.toml");
-        std::fs::write(
-            &actor_config,
-            format!(
-                "[actor]\nredis_prefix = \"{prefix}\"\noutcomes_topic = \"{outcomes}\"\nheld_topic = \"{held}\"\n\n\
-                 [[actor.action]]\nname = \"note\"\nkind = \"log\"\nmessage = \"crash loop on {{{{ target }}}} (event {{{{ event_id }}}})\"\n",
-                prefix = unique("bench"),
-            ),
-        )?;
-        let mut c = self.worker("reflex-actor", requests)?;
-        c.arg("--config")
-            .arg(&actor_config)
-            .env("REFLEX_ACTOR__REDIS_URL", &self.args.redis_url);
-        let actor = self.spawn("actor", c)?;
-        Ok(vec![router, enricher, actor])
-    }
-
-    fn check_alive(&self, workers: &mut [Worker]) -> anyhow::Result<()> {
-        for w in workers {
-            if let Ok(Some(status)) = w.child.try_wait() {
-                bail!(
-                    "{} exited ({status}); its log: {}",
-                    w.name,
-                    self.work.join(format!("{}.log", w.name)).display()
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The example pod event (like `tests/common::pod_event`), Confluent-framed.
-fn pod_event(schema_id: u32, pod: &str, seq: i64) -> anyhow::Result<Vec<u8>> {
-    let schema = reflex_core::avro::parse_schema(POD_SCHEMA)?;
-    let json = serde_json::json!({
-        "cluster": "prod-eu-west-1", "namespace": "shop", "pod": pod, "reason": "CrashLoopBackOff",
-        "restart_count": 6, "seq": seq, "rollout_in_progress": false,
-        "labels": {"app": pod, "team": "payments", "tier": "1"}
-    });
-    Ok(reflex_core::wire::encode_frame(
-        schema_id,
-        &reflex_core::avro::json_to_datum(&schema, &json)?,
-    ))
-}
-
-/// CloudEvents headers with `ce_time` now, the correlation id = the event id.
-fn headers(id: &str) -> rdkafka::message::OwnedHeaders {
-    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    ce_headers(id, "io.k8s.pod.crashloop", "k8s/prod-eu-west-1").insert(Header {
-        key: ce::TIME,
-        value: Some(time.as_str()),
-    })
-}
-
-async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    id: &str,
-) -> anyhow::Result<()> {
-    let record = FutureRecord::to(topic)
-        .key(key)
-        .payload(payload)
-        .headers(headers(id));
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
-    Ok(())
-}
-
-/// Produces `events` events at `rate` (None: as fast as librdkafka takes them); records each
-/// event's send time (µs since `t0`). Returns how many deliveries failed.
-#[allow(clippy::too_many_arguments)]
-async fn produce_all(
-    producer: &FutureProducer,
-    topic: &str,
-    keys: &[String],
-    payloads: &[Vec<u8>],
-    events: u64,
-    rate: Option<f64>,
-    sent_us: &Arc<Vec<AtomicU64>>,
-    t0: Instant,
-) -> u64 {
-    // Delivery reports are awaited by a separate task, so sending never waits for acks.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<rdkafka::producer::DeliveryFuture>(100_000);
-    let acks = tokio::spawn(async move {
-        let mut failed = 0u64;
-        while let Some(f) = rx.recv().await {
-            if !matches!(f.await, Ok(Ok(_))) {
-                failed += 1;
-            }
-        }
-        failed
-    });
-    let start = Instant::now();
-    let mut n = 0u64;
-    while n < events {
-        let due = match rate {
-            None => events,
-            Some(r) => ((start.elapsed().as_secs_f64() * r) as u64 + 1).min(events),
-        };
-        while n < due {
-            let k = (n % keys.len() as u64) as usize;
-            let id = format!("{EVENT_PREFIX}{n}");
-            let mut record = FutureRecord::to(topic)
-                .key(keys[k].as_str())
-                .payload(payloads[k].as_slice())
-                .headers(headers(&id));
-            sent_us[n as usize].store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-            loop {
-                match producer.send_result(record) {
-                    Ok(f) => {
-                        let _ = tx.send(f).await;
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err((e, _)) => {
-                        eprintln!("produce to {topic}: {e}");
-                        break;
-                    }
-                }
-            }
-            n += 1;
-        }
-        if rate.is_some() && n < events {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    drop(tx);
-    acks.await.unwrap_or(events)
-}
-
-/// Consumes the chain's last topic from the beginning and records, per measured event, the
-/// latency from its send time to now.
-async fn read_outputs(
-    bootstrap: String,
-    topic: String,
-    seen: Arc<Mutex<Seen>>,
-    sent_us: Arc<Vec<AtomicU64>>,
-    t0: Instant,
-) {
-    let consumer: StreamConsumer = match client_config(&bootstrap)
-        .set("group.id", unique("bench-reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .create()
+        .build()
     {
-        Ok(c) => c,
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("output reader: {e}");
-            return;
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
         }
     };
-    if let Err(e) = consumer.subscribe(&[&topic]) {
-        eprintln!("output reader: subscribe {topic}: {e}");
-        return;
-    }
-    loop {
-        let message = match consumer.recv().await {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("output reader: {e}");
-                continue;
-            }
-        };
-        let now = t0.elapsed().as_micros() as u64;
-        let Some(id) = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == ce::CORRELATION_ID)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_string)
-        }) else {
-            continue;
-        };
-        let mut s = seen.lock().unwrap();
-        if id.starts_with(WARMUP_PREFIX) {
-            s.warm += 1;
-        } else if let Some(n) = id
-            .strip_prefix(EVENT_PREFIX)
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n < s.got.len())
-        {
-            if s.got[n] {
-                s.duplicates += 1;
-                continue;
-            }
-            s.got[n] = true;
-            s.received += 1;
-            s.first_us = s.first_us.min(now);
-            s.last_us = s.last_us.max(now);
-            let sent = sent_us[n].load(Ordering::Relaxed);
-            s.latencies_us.push(now.saturating_sub(sent));
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
+        match cli.command {
+            None => bench::run(&cli.bench).await.map(|()| ExitCode::SUCCESS),
+            Some(Cmd::MainJob(args)) => mainjob::run(args).await,
+            Some(Cmd::Faults(args)) => faults::run(args).await,
+            Some(Cmd::FakeTarget { port }) => fake_target(port).await,
+            Some(Cmd::Passthrough {
+                bootstrap,
+                group,
+                input,
+                output,
+                session_timeout_ms,
+                max_poll_interval_ms,
+            }) => passthrough::run(
+                &bootstrap,
+                &group,
+                &input,
+                &output,
+                session_timeout_ms,
+                max_poll_interval_ms,
+            )
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        }
+    });
+    // Workers and helpers still running are stopped by their owners' Drop; the runtime's
+    // blocking reads (librdkafka) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }
 
-/// Samples the summed `VmRSS` of `pids` every 250 ms, timed from `start` (the window's start).
-async fn sample_rss(pids: Vec<u32>, samples: Arc<Mutex<Vec<RssSample>>>, start: Instant) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    // A late tick (busy machine) is taken late, not made up for with a burst of samples.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let kb: u64 = pids.iter().map(|p| status_kb(*p, "VmRSS:")).sum();
-        samples.lock().unwrap().push(RssSample {
-            t_s: start.elapsed().as_secs_f64(),
-            mb: kb as f64 / 1024.0,
-        });
+async fn fake_target(port: u16) -> anyhow::Result<ExitCode> {
+    let log = std::path::Path::new("/dev/stdout");
+    let target = reflex_bench::target::Target::start(port, Some(log)).await?;
+    if target.addr.port() != port && port != 0 {
+        anyhow::bail!("port {port} is taken");
     }
-}
-
-/// utime + stime of `pid` (all its threads) in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    proc_stat(pid).map(|(_, cpu)| cpu).unwrap_or(0.0)
-}
-
-/// (process group, utime + stime seconds) of a process, from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(u32, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`, which may contain spaces: state is field 3, pgrp 5, utime 14,
-    // stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let number = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Some((
-        number(2) as u32,
-        (number(11) + number(12)) as f64 / clock_ticks() as f64,
-    ))
-}
-
-/// CPU seconds of every live process in process group `pgid` (a service and its children, e.g.
-/// the broker's run script and its JVM).
-fn group_cpu_seconds(pgid: u32) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(proc_stat)
-        .filter(|(group, _)| *group == pgid)
-        .map(|(_, cpu)| cpu)
-        .sum()
-}
-
-/// The broker and Redis that `scripts/stack.sh` started (their process groups), when the bench
-/// runs under it; an external cluster is not measured.
-fn stack_services() -> Vec<(&'static str, u32)> {
-    [
-        ("broker", "REFLEX_TEST_BROKER_PID"),
-        ("redis", "REFLEX_TEST_REDIS_PID"),
-    ]
-    .into_iter()
-    .filter_map(|(name, var)| Some((name, std::env::var(var).ok()?.parse().ok()?)))
-    .collect()
-}
-
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
-}
-
-/// A `kB` field of `/proc/<pid>/status` (0 when unreadable).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    eprintln!("fake target on http://{}", target.addr);
+    tokio::signal::ctrl_c().await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -354,7 +354,8 @@ pub fn event_headers(
     headers
 }
 
-fn to_owned_headers(headers: &Headers) -> OwnedHeaders {
+/// Headers as rdkafka takes them.
+pub fn to_owned_headers(headers: &Headers) -> OwnedHeaders {
     headers.iter().fold(
         OwnedHeaders::new_with_capacity(headers.len()),
         |h, header| {
