@@ -47,6 +47,19 @@ BIN = Path(os.environ.get("REFLEX_BIN", ROOT / "target" / "debug"))
 FINAL_RESULTS = ("SUCCEEDED", "FAILED", "DUPLICATE_SUPPRESSED", "DRY_RUN", "REJECTED")
 
 
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text):
+    """A worker config duration ("250ms", "10s", "1m30s", "0") in milliseconds."""
+    text = str(text).strip()
+    if text == "0":
+        return 0
+    if not re.fullmatch(r"(\d+\s*(ms|s|m|h|d)\s*)+", text):
+        raise ValueError(f"{text!r} is not a duration with a unit")
+    return sum(int(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+)\s*(ms|s|m|h|d)", text))
+
+
 def log(msg):
     print(f"[main-job] {msg}", file=sys.stderr, flush=True)
 
@@ -502,10 +515,10 @@ class Job:
             "REFLEX_KAFKA__BOOTSTRAP_SERVERS": self.args.bootstrap,
             "REFLEX_REGISTRY__URL": self.args.registry,
             "REFLEX_TELEMETRY__LOG_FORMAT": "json",
-            "REFLEX_RUNTIME__LAG_INTERVAL_MS": "1000",
-            "REFLEX_KAFKA__SESSION_TIMEOUT_MS": "10000",
-            "REFLEX_KAFKA__COMMIT_INTERVAL_MS": "500",
-            "REFLEX_RUNTIME__DRAIN_GRACE_MS": "8000",
+            "REFLEX_RUNTIME__LAG_INTERVAL": "1s",
+            "REFLEX_KAFKA__SESSION_TIMEOUT": "10s",
+            "REFLEX_KAFKA__COMMIT_INTERVAL": "500ms",
+            "REFLEX_RUNTIME__DRAIN_GRACE": "8s",
         })
         return env
 
@@ -831,7 +844,7 @@ class Job:
         for name, a in self.pack.actions.items():
             cap = a.get("blast_radius_max", 0)
             if cap:
-                window = a.get("blast_radius_window_ms", 600000)
+                window = duration_ms(a.get("blast_radius_window", "10m"))
                 windows = int((self.window_start_ms + elapsed_ms) // window - self.window_start_ms // window) + 1
                 caps.append((name, effects_by_action[name], cap, window, windows,
                              outcomes_by_result[(name, "PARKED")]))

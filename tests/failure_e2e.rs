@@ -126,7 +126,7 @@ async fn each_failure_class_ends_where_the_taxonomy_says() {
             "breaker_failures = 1000",
         ),
         &log,
-        &[("REFLEX_RUNTIME__REDELIVERY_BACKOFF_MS", "200")],
+        &[("REFLEX_RUNTIME__REDELIVERY_BACKOFF", "200ms")],
     );
     let _reprocessor = spawn_reprocessor(
         &stack,
@@ -309,7 +309,7 @@ async fn a_retried_key_keeps_its_order_and_other_keys_are_never_blocked() {
         ),
         &log,
         &[
-            ("REFLEX_RUNTIME__REDELIVERY_BACKOFF_MS", "400"),
+            ("REFLEX_RUNTIME__REDELIVERY_BACKOFF", "400ms"),
             ("REFLEX_RUNTIME__STATE_URL", &stack.redis_url),
         ],
     );

@@ -266,7 +266,7 @@ allowed_hosts = ["127.0.0.1:{port}"]
 name = "call"
 kind = "http"
 url = "{{{{ target | raw }}}}"
-timeout_ms = 3000
+timeout = "3s"
 max_attempts = 1
 "#,
             prefix = unique("allow"),

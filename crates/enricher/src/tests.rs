@@ -410,15 +410,15 @@ fn the_example_bindings_compile_and_match_the_pod_schema() {
 
 #[test]
 fn defaults_load_and_point_at_the_example() {
-    let config: EnricherConfig = reflex_runtime::config::load(
-        &[reflex_runtime::config::RUNTIME_DEFAULTS, ENRICHER_DEFAULTS],
-        None,
-    )
-    .unwrap();
+    let config = EnricherConfig::load_with(None, Vec::new()).unwrap();
     assert_eq!(config.kafka.input_topics, ["reflex.routed.remediation"]);
-    assert_eq!(config.enricher.output_topic, "reflex.actions.requests");
+    assert_eq!(config.stage.output_topic, "reflex.actions.requests");
+    assert_eq!(
+        config.stage.redis_timeout,
+        std::time::Duration::from_secs(2)
+    );
     assert!(Path::new("../..")
-        .join(&config.enricher.bindings_file)
+        .join(&config.stage.bindings_file)
         .exists());
 }
 
