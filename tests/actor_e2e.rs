@@ -606,7 +606,7 @@ async fn actor_breaker_opens_on_503_pauses_and_recovers() {
         &t,
         addr,
         "",
-        "max_attempts = 50\nbreaker_failures = 3\nbreaker_cooldown_ms = 500\n",
+        "max_attempts = 50\nbreaker_failures = 3\nbreaker_cooldown = \"500ms\"\n",
     );
     let log = log_path("actor-t4-log");
     let env = [

@@ -454,7 +454,9 @@ fn every_worker_and_reflexctl_refuse_inline_kafka_secrets_and_unreadable_secret_
     let inline =
         format!("{{\"security.protocol\"=\"SASL_SSL\", \"sasl.password\"=\"{KAFKA_SECRET}\"}}");
     let missing = "/nonexistent/reflex/kafka-sasl-password";
-    let cases: [(&str, Vec<(&str, &str)>, &[&str]); 2] = [
+    // (what, environment, what the message must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: [Case; 2] = [
         (
             "inline",
             vec![("REFLEX_KAFKA__PROPERTIES", inline.as_str())],

@@ -63,7 +63,7 @@ pub fn format_ms(ms: u64) -> String {
     let (unit, factor) = UNITS
         .iter()
         .rev()
-        .find(|(_, factor)| ms % factor == 0)
+        .find(|(_, factor)| ms.is_multiple_of(*factor))
         .expect("every count of ms is a whole number of ms");
     format!("{}{unit}", ms / factor)
 }
