@@ -75,9 +75,9 @@ fn write_config(
 redis_prefix = "{prefix}"
 outcomes_topic = "{}"
 held_topic = "{}"
-claim_lease_ms = 2000
-claim_poll_ms = 50
-kill_switch_poll_ms = 200
+claim_lease = "2s"
+claim_poll = "50ms"
+kill_switch_poll = "200ms"
 {actor_extra}
 
 [[actor.action]]
@@ -86,8 +86,8 @@ kind = "http"
 url = "http://{addr}/act/{{{{ params.pod }}}}"
 headers = {{ content-type = "application/json" }}
 body = '{{"pod": "{{{{ params.pod }}}}"}}'
-timeout_ms = 3000
-backoff_ms = 50
+timeout = "3s"
+backoff = "50ms"
 {action_extra}
 "#,
             t.outcomes, t.held
@@ -375,7 +375,7 @@ async fn dynamic_replica_sigkilled_mid_stream(protocol: &str) {
         command.env("REFLEX_KAFKA__GROUP_PROTOCOL", protocol);
         if protocol == "consumer" {
             // The broker owns the session timeout under KIP-848; the worker refuses this setting.
-            command.env_remove("REFLEX_KAFKA__SESSION_TIMEOUT_MS");
+            command.env_remove("REFLEX_KAFKA__SESSION_TIMEOUT");
         }
         ChildGuard::spawn("reflex-actor", &mut command)
     };
@@ -480,9 +480,9 @@ fn every_worker_refuses_settings_the_broker_owns_under_the_consumer_protocol() {
     ] {
         for (var, value, named) in [
             (
-                "REFLEX_KAFKA__SESSION_TIMEOUT_MS",
-                "6000",
-                "kafka.session_timeout_ms",
+                "REFLEX_KAFKA__SESSION_TIMEOUT",
+                "6s",
+                "kafka.session_timeout",
             ),
             (
                 "REFLEX_KAFKA__ASSIGNMENT_STRATEGY",
@@ -606,7 +606,7 @@ async fn actor_breaker_opens_on_503_pauses_and_recovers() {
         &t,
         addr,
         "",
-        "max_attempts = 50\nbreaker_failures = 3\nbreaker_cooldown_ms = 500\n",
+        "max_attempts = 50\nbreaker_failures = 3\nbreaker_cooldown = \"500ms\"\n",
     );
     let log = log_path("actor-t4-log");
     let env = [
@@ -807,7 +807,7 @@ name = "capped"
 kind = "http"
 url = "http://{addr}/act/{{{{ params.pod }}}}"
 blast_radius_max = 5
-blast_radius_window_ms = 600000
+blast_radius_window = "10m"
 
 [[actor.action]]
 name = "chain"
@@ -969,7 +969,7 @@ async fn actor_without_redis_keeps_state_in_process_for_one_replica() {
 name = "capped"
 kind = "log"
 blast_radius_max = 4
-blast_radius_window_ms = 600000
+blast_radius_window = "10m"
 "#,
     );
     let log = log_path("actor-mem-log");

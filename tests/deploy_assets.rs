@@ -14,7 +14,11 @@
 //!   replicas than its input topics have partitions; KEDA's `maxReplicaCount` likewise;
 //! - every worker that parks keys (`runtime.park_keys`) and runs more than one replica keeps
 //!   them in Redis (`REFLEX_RUNTIME__STATE_URL`), and the reprocessor consumes the dead-letter
-//!   topic of every input topic of a parking worker (parked keys never come back otherwise).
+//!   topic of every input topic of a parking worker (parked keys never come back otherwise);
+//! - every worker's environment, rendered as Kubernetes and compose give it (ConfigMaps,
+//!   `$(VAR)` expansion, Secret refs, mounted config files), loads with the workers' own loader,
+//!   and its Kafka secrets come the supported way: `REFLEX_KAFKA_SECRET_*` from a Secret ref or
+//!   a mounted Secret file, never a secret property inline in `kafka.properties`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -28,7 +32,7 @@ const KEDA: &str = "ops/keda/scaledobject.yaml";
 const DEPLOY_DIR: &str = "ops/deploy";
 const COMPOSE_DIR: &str = "ops/compose";
 const WORKERS: [&str; 4] = ["router", "enricher", "actor", "reprocessor"];
-/// `runtime.drain_grace_ms` and `kafka.session_timeout_ms` defaults (crates/runtime/src/defaults.toml).
+/// `runtime.drain_grace` and `kafka.session_timeout` defaults, in ms (crates/runtime/src/defaults.toml).
 const DEFAULT_DRAIN_MS: u64 = 10_000;
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
 const HTTP_PORT: u64 = 9090;
@@ -532,8 +536,8 @@ fn compose_runs_the_workers_with_observability() {
             "{worker}: bootstrap servers"
         );
         let drain = env
-            .get("REFLEX_RUNTIME__DRAIN_GRACE_MS")
-            .map(|d| d.parse::<u64>().expect("drain grace ms"))
+            .get("REFLEX_RUNTIME__DRAIN_GRACE")
+            .map(|d| duration_ms(d))
             .unwrap_or(DEFAULT_DRAIN_MS);
         let stop = str_at(svc, &["stop_grace_period"])
             .map(duration_ms)
@@ -1158,17 +1162,11 @@ fn workloads_have_probes_resources_and_a_grace_period_longer_than_the_drain() {
                 get(c, &["resources", "limits", "memory"]).is_some(),
                 "{wl}/{cname}: no resources.limits.memory"
             );
-            let drain = container_env(c, &cms, "REFLEX_RUNTIME__DRAIN_GRACE_MS")
-                .map(|d| {
-                    d.parse::<u64>()
-                        .unwrap_or_else(|_| panic!("{wl}: drain grace {d:?}"))
-                })
+            let drain = container_env(c, &cms, "REFLEX_RUNTIME__DRAIN_GRACE")
+                .map(|d| duration_ms(&d))
                 .unwrap_or(DEFAULT_DRAIN_MS);
-            let session = container_env(c, &cms, "REFLEX_KAFKA__SESSION_TIMEOUT_MS")
-                .map(|d| {
-                    d.parse::<u64>()
-                        .unwrap_or_else(|_| panic!("{wl}: session timeout {d:?}"))
-                })
+            let session = container_env(c, &cms, "REFLEX_KAFKA__SESSION_TIMEOUT")
+                .map(|d| duration_ms(&d))
                 .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
             assert!(
                 drain < session,
@@ -1365,4 +1363,247 @@ fn duration_parsing() {
     assert!(!image_pinned("localhost:5000/reflex"));
     assert!(!image_pinned("grafana/grafana:latest"));
     assert!(!image_pinned("grafana/grafana"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets and the workers' own loader
+
+/// A container's environment as the pod gets it: `envFrom` ConfigMaps, then `env` in order
+/// with `$(VAR)` expanded from the variables before it. A Secret ref becomes a stand-in value
+/// (`secret:<key>`), a field ref a stand-in too. Also returns the names that came from Secrets.
+fn render_pod_env(
+    container: &Value,
+    config_maps: &BTreeMap<String, Value>,
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut env = BTreeMap::new();
+    let mut from_secret = BTreeSet::new();
+    for from in seq_at(container, &["envFrom"]) {
+        if let Some(data) = str_at(from, &["configMapRef", "name"])
+            .and_then(|cm| config_maps.get(cm))
+            .and_then(|cm| get(cm, &["data"]))
+            .and_then(Value::as_mapping)
+        {
+            for (k, v) in data {
+                env.insert(
+                    k.as_str().unwrap_or_default().to_string(),
+                    scalar(v).unwrap_or_default(),
+                );
+            }
+        }
+    }
+    for e in seq_at(container, &["env"]) {
+        let var = str_at(e, &["name"]).unwrap_or_default().to_string();
+        let value = if let Some(key) = str_at(e, &["valueFrom", "secretKeyRef", "key"]) {
+            from_secret.insert(var.clone());
+            format!("secret:{key}")
+        } else if get(e, &["valueFrom"]).is_some() {
+            "from-the-pod".to_string()
+        } else {
+            let mut v = get(e, &["value"]).and_then(scalar).unwrap_or_default();
+            for (name, value) in &env {
+                v = v.replace(&format!("$({name})"), value);
+            }
+            v
+        };
+        env.insert(var, value);
+    }
+    (env, from_secret)
+}
+
+/// Mounted Secret volumes of a pod: (mount path, Secret name).
+fn secret_mounts(doc: &Value, container: &Value) -> Vec<(String, String)> {
+    let secrets: BTreeMap<&str, &str> = seq_at(pod_spec(doc), &["volumes"])
+        .iter()
+        .filter_map(|v| Some((str_at(v, &["name"])?, str_at(v, &["secret", "secretName"])?)))
+        .collect();
+    seq_at(container, &["volumeMounts"])
+        .iter()
+        .filter_map(|m| {
+            let secret = secrets.get(str_at(m, &["name"])?)?;
+            Some((str_at(m, &["mountPath"])?.to_string(), secret.to_string()))
+        })
+        .collect()
+}
+
+/// The content of the mounted ConfigMap key behind `path` in a pod, if any.
+fn mounted_config_file(
+    doc: &Value,
+    container: &Value,
+    config_maps: &BTreeMap<String, Value>,
+    path: &str,
+) -> Option<String> {
+    for m in seq_at(container, &["volumeMounts"]) {
+        let mount = str_at(m, &["mountPath"])?.trim_end_matches('/');
+        let Some(key) = path.strip_prefix(&format!("{mount}/")) else {
+            continue;
+        };
+        let vol = str_at(m, &["name"])?;
+        let cm = seq_at(pod_spec(doc), &["volumes"])
+            .iter()
+            .find(|v| str_at(v, &["name"]) == Some(vol))
+            .and_then(|v| str_at(v, &["configMap", "name"]))?;
+        return config_maps
+            .get(cm)
+            .and_then(|cm| str_at(cm, &["data", key]))
+            .map(str::to_string);
+    }
+    None
+}
+
+/// Loads a worker's configuration with the worker's own loader from `env` (and `config`, the
+/// text of its `--config` file): what the worker would do before it talks to anything.
+fn load_worker(
+    worker: &str,
+    config: Option<&str>,
+    env: &BTreeMap<String, String>,
+) -> Result<reflex_runtime::KafkaSettings, String> {
+    let dir = std::env::temp_dir().join(format!("reflex-deploy-{}-{worker}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let file = config.map(|text| {
+        let path = dir.join("config.toml");
+        fs::write(&path, text).unwrap();
+        path
+    });
+    let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let file = file.as_deref();
+    let kafka = match worker {
+        "router" => reflex_router::RouterConfig::load_with(file, vars).map(|c| c.kafka),
+        "enricher" => reflex_enricher::EnricherConfig::load_with(file, vars).map(|c| c.kafka),
+        "actor" => reflex_actor::ActorConfig::load_with(file, vars).map(|c| c.kafka),
+        "reprocessor" => {
+            reflex_reprocessor::ReprocessorConfig::load_with(file, vars).map(|c| c.kafka)
+        }
+        other => panic!("unknown worker {other}"),
+    };
+    fs::remove_dir_all(&dir).ok();
+    kafka.map_err(|e| e.to_string())
+}
+
+/// Every worker's rendered environment loads, and its Kafka secrets come the supported way.
+fn check_worker_secrets(
+    what: &str,
+    worker: &str,
+    config: Option<&str>,
+    mut env: BTreeMap<String, String>,
+    from_secret: &BTreeSet<String>,
+    secret_dirs: &[(String, String)],
+) {
+    let stand_ins =
+        std::env::temp_dir().join(format!("reflex-deploy-secrets-{}", std::process::id()));
+    for (var, value) in env.clone() {
+        // Nothing secret inline in the librdkafka property tables.
+        if var.starts_with("REFLEX_KAFKA__") && var.ends_with("PROPERTIES") {
+            let table: toml::Table = toml::from_str(&format!("p = {value}"))
+                .unwrap_or_else(|e| panic!("{what}: {var} is not an inline table: {e}"));
+            for key in table["p"].as_table().into_iter().flat_map(|t| t.keys()) {
+                assert!(
+                    !reflex_core::secrets::KAFKA_SECRET_PROPERTIES.contains(&key.as_str()),
+                    "{what}: {var} sets the secret `{key}` inline; use REFLEX_KAFKA_SECRET_* (a secretKeyRef) or ..._FILE (a mounted Secret)"
+                );
+            }
+        }
+        let Some(rest) = var.strip_prefix(reflex_core::secrets::KAFKA_SECRET_ENV_PREFIX) else {
+            continue;
+        };
+        if rest.ends_with("_FILE") {
+            let under = secret_dirs
+                .iter()
+                .find(|(mount, _)| value.starts_with(&format!("{}/", mount.trim_end_matches('/'))));
+            assert!(
+                under.is_some_and(|(_, secret)| secret == "reflex-secrets"),
+                "{what}: {var} = {value} is not in a mounted reflex-secrets volume"
+            );
+            // The file as the pod would see it, with a stand-in value.
+            fs::create_dir_all(&stand_ins).unwrap();
+            let local = stand_ins.join(format!("{worker}-{rest}"));
+            fs::write(&local, format!("file:{value}\n")).unwrap();
+            env.insert(var.clone(), local.display().to_string());
+        } else {
+            assert!(
+                from_secret.contains(&var),
+                "{what}: {var} must come from a secretKeyRef (or use {var}_FILE with a mounted Secret), not a literal"
+            );
+        }
+    }
+    let kafka = load_worker(worker, config, &env).unwrap_or_else(|e| {
+        panic!("{what}: the {worker} does not start with this environment: {e}")
+    });
+    // A SASL client gets its password, and only from where the environment said.
+    let protocol = kafka
+        .properties
+        .get("security.protocol")
+        .cloned()
+        .unwrap_or_default();
+    if protocol.starts_with("SASL") {
+        let password = kafka.properties.get("sasl.password").unwrap_or_else(|| {
+            panic!("{what}: security.protocol {protocol} but no REFLEX_KAFKA_SECRET_SASL_PASSWORD[_FILE]")
+        });
+        assert!(
+            password.starts_with("secret:") || password.starts_with("file:"),
+            "{what}: sasl.password did not come from a Secret: {password:?}"
+        );
+    }
+}
+
+#[test]
+fn every_worker_resolves_its_kafka_secrets_the_supported_way() {
+    let manifests = manifests();
+    let cms = config_maps(&manifests);
+    let mut checked = BTreeSet::new();
+    for (file, doc) in &manifests {
+        if !is_workload(doc) {
+            continue;
+        }
+        for c in containers(doc) {
+            let Some(worker) = container_worker(c) else {
+                continue;
+            };
+            let (env, from_secret) = render_pod_env(c, &cms);
+            let args: Vec<&str> = seq_at(c, &["command"])
+                .iter()
+                .chain(seq_at(c, &["args"]))
+                .filter_map(Value::as_str)
+                .collect();
+            let config = args.iter().position(|a| *a == "--config").map(|i| {
+                let path = args[i + 1];
+                mounted_config_file(doc, c, &cms, path).unwrap_or_else(|| {
+                    panic!("{file}: --config {path} is not a mounted ConfigMap key")
+                })
+            });
+            let secret_dirs = secret_mounts(doc, c);
+            check_worker_secrets(
+                file,
+                worker,
+                config.as_deref(),
+                env,
+                &from_secret,
+                &secret_dirs,
+            );
+            checked.insert(format!("k8s {worker}"));
+        }
+    }
+    let compose = compose();
+    for (name, svc) in services(&compose) {
+        let Some(worker) = WORKERS.iter().find(|w| **w == name) else {
+            continue;
+        };
+        let env = compose_env(svc);
+        check_worker_secrets(
+            &format!("{COMPOSE} {name}"),
+            worker,
+            None,
+            env,
+            &BTreeSet::new(),
+            &[],
+        );
+        checked.insert(format!("compose {worker}"));
+    }
+    for worker in WORKERS {
+        for place in ["k8s", "compose"] {
+            assert!(
+                checked.contains(&format!("{place} {worker}")),
+                "no {place} {worker} was checked"
+            );
+        }
+    }
 }

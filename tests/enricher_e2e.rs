@@ -117,7 +117,7 @@ on_missing = "fail"
 name = "service"
 kind = "http"
 url = "CATALOG/services/{{ payload.pod }}"
-ttl_ms = 60000
+ttl = "1m"
 on_missing = "skip"
 
 [[binding]]
@@ -445,8 +445,8 @@ async fn enricher_retries_when_redis_is_down_then_dead_letters_as_transient_and_
         &log,
         &[
             ("REFLEX_RUNTIME__MAX_ATTEMPTS", "3"),
-            ("REFLEX_RUNTIME__RETRY_BACKOFF_MS", "100"),
-            ("REFLEX_ENRICHER__REDIS_TIMEOUT_MS", "500"),
+            ("REFLEX_RUNTIME__RETRY_BACKOFF", "100ms"),
+            ("REFLEX_ENRICHER__REDIS_TIMEOUT", "500ms"),
         ],
     );
     let producer = producer(&stack.bootstrap);

@@ -121,7 +121,7 @@ async fn each_failure_class_ends_where_the_taxonomy_says() {
         &t.input,
         &restart_actor_config(&t.outcomes, &t.blast_held, addr, "breaker_failures = 1000"),
         &log,
-        &[("REFLEX_RUNTIME__REDELIVERY_BACKOFF_MS", "200")],
+        &[("REFLEX_RUNTIME__REDELIVERY_BACKOFF", "200ms")],
     );
     let _reprocessor = spawn_reprocessor(
         &stack,
@@ -299,7 +299,7 @@ async fn a_retried_key_keeps_its_order_and_other_keys_are_never_blocked() {
         &restart_actor_config(&t.outcomes, &t.blast_held, addr, "breaker_failures = 1000"),
         &log,
         &[
-            ("REFLEX_RUNTIME__REDELIVERY_BACKOFF_MS", "400"),
+            ("REFLEX_RUNTIME__REDELIVERY_BACKOFF", "400ms"),
             ("REFLEX_RUNTIME__STATE_URL", &stack.redis_url),
         ],
     );

@@ -173,7 +173,7 @@ async fn every_hostile_input_gets_its_disposition_and_the_router_survives() {
         Some(good()),
         &|h| h.set(ce::TIME, "2020-01-01T00:00:00Z"),
         Some(&k1),
-        Some(("unauthorized", "router.max_event_age_ms")),
+        Some(("unauthorized", "router.max_event_age")),
     );
     add(
         "truncated",
@@ -289,7 +289,7 @@ async fn every_hostile_input_gets_its_disposition_and_the_router_survives() {
                 "REFLEX_ROUTER__SIGNING_KEYS",
                 &format!("[\"k1=env:HOSTILE_K1\", \"k2=file:{}\"]", k2_file.display()),
             ),
-            ("REFLEX_ROUTER__MAX_EVENT_AGE_MS", "3600000"),
+            ("REFLEX_ROUTER__MAX_EVENT_AGE", "1h"),
             ("REFLEX_ROUTER__MAX_VALUE_BYTES", "65536"),
             ("REFLEX_ROUTER__MAX_HEADERS", "32"),
         ],

@@ -111,8 +111,8 @@ params = { pod = "{{ payload.pod }}", team = "{{ context.owner.team }}" }
 redis_prefix = "{prefix}"
 outcomes_topic = "{outcomes}"
 held_topic = "{held}"
-claim_lease_ms = 2000
-claim_poll_ms = 50
+claim_lease = "2s"
+claim_poll = "50ms"
 
 [[actor.action]]
 name = "restart"
@@ -120,7 +120,7 @@ kind = "http"
 url = "http://{addr}/act/{{{{ params.pod }}}}"
 headers = {{ x-owner = "{{{{ params.team }}}}" }}
 body = '{{"pod": "{{{{ params.pod }}}}"}}'
-timeout_ms = 3000
+timeout = "3s"
 "#,
             prefix = unique("reflex"),
         ),
@@ -132,7 +132,7 @@ timeout_ms = 3000
             ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
             ("OTEL_SERVICE_NAME", service.to_string()),
             ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
-            ("REFLEX_RUNTIME__LAG_INTERVAL_MS", "500".to_string()),
+            ("REFLEX_RUNTIME__LAG_INTERVAL", "500ms".to_string()),
         ]
     };
     let (router_env, enricher_env, actor_env) = (

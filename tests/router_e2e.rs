@@ -566,7 +566,8 @@ async fn dead_letters_can_carry_spring_and_connect_headers_too() {
     );
     assert!(read.message.contains("magic byte"), "{}", read.message);
 
-    // An unknown dialect stops the worker at start with the setting named.
+    // An unknown dialect stops the worker at start (a configuration error) with the setting
+    // named and the accepted values listed.
     let mut bad = spawn_router_with_env(
         &stack,
         &unique("router"),
@@ -576,8 +577,12 @@ async fn dead_letters_can_carry_spring_and_connect_headers_too() {
         &log,
         &[("REFLEX_RUNTIME__DEAD_LETTER_COMPAT", "[\"kafka-ui\"]")],
     );
-    assert_eq!(bad.wait_exit(Duration::from_secs(20)), Some(1));
+    assert_eq!(bad.wait_exit(Duration::from_secs(20)), Some(2));
+    let text = read_log(&log);
     assert!(
-        read_log(&log).contains("invalid runtime.dead_letter_compat: `kafka-ui` is not a dialect")
+        text.contains("unknown variant: found `kafka-ui`")
+            && text.contains("`spring`, `connect`")
+            && text.contains("runtime.dead_letter_compat"),
+        "{text}"
     );
 }

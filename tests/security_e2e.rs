@@ -261,7 +261,7 @@ allowed_hosts = ["127.0.0.1:{port}"]
 name = "call"
 kind = "http"
 url = "{{{{ target | raw }}}}"
-timeout_ms = 3000
+timeout = "3s"
 max_attempts = 1
 "#,
             prefix = unique("allow"),
@@ -423,4 +423,142 @@ async fn sasl_and_tls_settings_reach_librdkafka() {
     .create()
     .unwrap();
     assert!(tls.fetch_metadata(None, Duration::from_secs(5)).is_err());
+}
+
+/// Runs `bin` with only `env` (and `PATH`) and `args`; returns (exit code, stderr).
+fn run_with_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(workspace_bin(bin))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every worker and `reflexctl` take Kafka secrets the one way, checked at start before they
+/// talk to anything (exit 2, configuration): a secret written inline in the Kafka properties
+/// is refused naming the setting and the variable to use, a secret file that cannot be read
+/// is refused naming the file, and the secret's value is never in the message.
+#[test]
+fn every_worker_and_reflexctl_refuse_inline_kafka_secrets_and_unreadable_secret_files() {
+    let inline =
+        format!("{{\"security.protocol\"=\"SASL_SSL\", \"sasl.password\"=\"{KAFKA_SECRET}\"}}");
+    let missing = "/nonexistent/reflex/kafka-sasl-password";
+    // (what, environment, what the message must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: [Case; 2] = [
+        (
+            "inline",
+            vec![("REFLEX_KAFKA__PROPERTIES", inline.as_str())],
+            &[
+                "sets the secret `sasl.password` inline",
+                "REFLEX_KAFKA_SECRET_SASL_PASSWORD",
+                "_FILE",
+            ],
+        ),
+        (
+            "file",
+            vec![("REFLEX_KAFKA_SECRET_SASL_PASSWORD_FILE", missing)],
+            &[missing],
+        ),
+    ];
+    for (what, env, expected) in &cases {
+        for bin in [
+            "reflex-router",
+            "reflex-enricher",
+            "reflex-actor",
+            "reflex-reprocessor",
+        ] {
+            let mut env = env.clone();
+            env.push(("REFLEX_KAFKA__INPUT_TOPICS", "[\"t\"]"));
+            let (code, stderr) = run_with_env(bin, &[], &env);
+            assert_eq!(code, Some(2), "{bin} {what}: {stderr}");
+            for text in *expected {
+                assert!(stderr.contains(text), "{bin} {what}: {stderr}");
+            }
+            assert!(
+                !stderr.contains(KAFKA_SECRET),
+                "{bin} {what} printed the secret"
+            );
+        }
+        let (code, stderr) = run_with_env(
+            "reflexctl",
+            &["--bootstrap", "127.0.0.1:9", "topics", "apply", "--dry-run"],
+            env,
+        );
+        assert_eq!(code, Some(2), "reflexctl {what}: {stderr}");
+        for text in *expected {
+            assert!(stderr.contains(text), "reflexctl {what}: {stderr}");
+        }
+        assert!(
+            !stderr.contains(KAFKA_SECRET),
+            "reflexctl {what} printed the secret"
+        );
+    }
+    let (code, stderr) = run_with_env(
+        "reflexctl",
+        &[
+            "--kafka-property",
+            &format!("sasl.password={KAFKA_SECRET}"),
+            "topics",
+            "apply",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "reflexctl --kafka-property: {stderr}");
+    assert!(
+        stderr.contains("`sasl.password` inline") && !stderr.contains(KAFKA_SECRET),
+        "reflexctl --kafka-property: {stderr}"
+    );
+}
+
+/// `reflexctl` builds its Kafka clients from the same properties and secrets as the workers: a
+/// file secret is read, and the properties reach librdkafka (told to speak TLS, it cannot read
+/// the plaintext broker's metadata, while the same command without them can).
+#[test]
+fn reflexctl_connects_with_the_workers_kafka_properties_and_secrets() {
+    let stack: Stack = stack();
+    let dir = tempfile_dir("reflexctl-secret");
+    let secret_file = dir.join("kafka-sasl-password");
+    std::fs::write(&secret_file, format!("{KAFKA_SECRET}\n")).unwrap();
+    let secret_path = secret_file.display().to_string();
+    // The repository's declarations: a dry run reads the broker's metadata, changes nothing.
+    let args = [
+        "--bootstrap",
+        stack.bootstrap.as_str(),
+        "topics",
+        "apply",
+        "--dry-run",
+    ];
+    let env = [(
+        "REFLEX_KAFKA_SECRET_SASL_PASSWORD_FILE",
+        secret_path.as_str(),
+    )];
+    let (code, stderr) = run_with_env("reflexctl", &args, &env);
+    assert_eq!(code, Some(0), "plaintext, secret file read: {stderr}");
+    let mut tls = env.to_vec();
+    tls.push((
+        "REFLEX_KAFKA__PROPERTIES",
+        "{\"security.protocol\"=\"SSL\"}",
+    ));
+    let (code, stderr) = run_with_env("reflexctl", &args, &tls);
+    assert_eq!(
+        code,
+        Some(2),
+        "TLS against a plaintext broker must fail: {stderr}"
+    );
+    assert!(!stderr.contains(KAFKA_SECRET), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{}-{}", unique(name), std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

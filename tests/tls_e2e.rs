@@ -217,7 +217,7 @@ allowed_schemes = ["https"]
 name = "restart"
 kind = "http"
 url = "https://127.0.0.1:{https_port}/act/{{{{ params.pod }}}}"
-timeout_ms = 5000
+timeout = "5s"
 max_attempts = 1
 "#
         ),

@@ -278,8 +278,8 @@ def on_call():
                    w=12, mappings=STATUS_MAP,
                    thresholds=[{"color": "green", "value": None}, {"color": "yellow", "value": 1},
                                {"color": "orange", "value": 2}, {"color": "red", "value": 3}],
-                   description="OK; WARN: lag grew over the window; STALL: lag and no commit for lag_stall_after_ms; "
-                               "STOP: the same for lag_stop_after_ms; ERR: a committed offset went backwards."))
+                   description="OK; WARN: lag grew over the window; STALL: lag and no commit for lag_stall_after; "
+                               "STOP: the same for lag_stop_after; ERR: a committed offset went backwards."))
     p.append(panel(lay, "table", "Groups not OK", [(
         f'max by (group, status) (reflex_consumergroup_status{{{g},status!="OK"}}) == 1', "")], w=12))
     p.append(panel(lay, "timeseries", "Dead letters by stage / class", [(

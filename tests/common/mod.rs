@@ -130,9 +130,9 @@ pub fn worker_command(
         .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
         .env("REFLEX_KAFKA__GROUP_ID", group)
         .env("REFLEX_KAFKA__INPUT_TOPICS", format!("[\"{input}\"]"))
-        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
-        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
-        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
+        .env("REFLEX_KAFKA__SESSION_TIMEOUT", "6s")
+        .env("REFLEX_KAFKA__COMMIT_INTERVAL", "200ms")
+        .env("REFLEX_RUNTIME__DRAIN_GRACE", "5s")
         .env("REFLEX_REGISTRY__URL", &stack.registry_url)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -579,9 +579,9 @@ pub fn spawn_with_config(
         .arg("--config")
         .arg(config)
         .env("REFLEX_KAFKA__BOOTSTRAP_SERVERS", &stack.bootstrap)
-        .env("REFLEX_KAFKA__SESSION_TIMEOUT_MS", "6000")
-        .env("REFLEX_KAFKA__COMMIT_INTERVAL_MS", "200")
-        .env("REFLEX_RUNTIME__DRAIN_GRACE_MS", "5000")
+        .env("REFLEX_KAFKA__SESSION_TIMEOUT", "6s")
+        .env("REFLEX_KAFKA__COMMIT_INTERVAL", "200ms")
+        .env("REFLEX_RUNTIME__DRAIN_GRACE", "5s")
         .env("REFLEX_REGISTRY__URL", &stack.registry_url)
         .env("RUST_LOG", "info");
     // Unknown sections are config errors, so each worker gets only its own Redis variable.
@@ -680,14 +680,14 @@ pub fn restart_actor_config(
 redis_prefix = "{prefix}"
 outcomes_topic = "{outcomes}"
 held_topic = "{blast_held}"
-claim_lease_ms = 2000
-claim_poll_ms = 50
+claim_lease = "2s"
+claim_poll = "50ms"
 
 [[actor.action]]
 name = "restart"
 kind = "http"
 url = "http://{addr}/act/{{{{ params.pod }}}}"
-timeout_ms = 3000
+timeout = "3s"
 max_attempts = 1
 {extra}
 "#,

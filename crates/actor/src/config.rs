@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use reflex_core::template::{is_json_content_type, Escape, Templates};
-use reflex_runtime::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
+use reflex_runtime::{RegistrySettings, StageSettings};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -35,23 +35,42 @@ pub const TEMPLATE_FIELDS: [&str; 13] = [
     "requested_at",
 ];
 
-/// The actor's whole configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActorConfig {
-    /// Kafka connection, group and input topics (`reflex.actions.requests`).
-    pub kafka: KafkaSettings,
-    /// The shared loop's settings.
-    pub runtime: RuntimeSettings,
-    /// Schema Registry: request schemas by id, the outcome schema is registered at start-up.
-    pub registry: RegistrySettings,
-    /// Logging.
-    pub telemetry: TelemetrySettings,
-    /// Actor-specific settings.
-    pub actor: ActorSettings,
+/// The actor's whole configuration: the shared sections (input topic
+/// `reflex.actions.requests`; the registry gives request schemas by id, and the outcome schema
+/// is registered there at start-up) and `[actor]`.
+pub type ActorConfig = reflex_runtime::WorkerConfig<ActorSettings>;
+
+impl StageSettings for ActorSettings {
+    const SECTION: &'static str = "actor";
+    const DEFAULTS: &'static str = ACTOR_DEFAULTS;
+    type Registry = RegistrySettings;
 }
 
-/// Actor-specific settings.
+/// Where the actor keeps claims, done records, counters and the kill switch
+/// (`actor.state_backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendKind {
+    /// Redis, fleet-wide; start-up fails without it.
+    Redis,
+    /// In process: one replica only, nothing shared or durable.
+    Memory,
+    /// Redis if `redis_url` is set and answers at start, else in process.
+    Auto,
+}
+
+impl StateBackendKind {
+    /// The name [`crate::state::StateBackend::open`] takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Memory => "memory",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+/// Actor-specific settings (`[actor]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActorSettings {
@@ -59,7 +78,7 @@ pub struct ActorSettings {
     /// `redis` (fleet-wide; start-up fails without it), `memory` (in-process: one replica
     /// only, nothing shared or durable) or `auto` (Redis if `redis_url` is set and answers at
     /// start, else in-process, with a warn line saying so).
-    pub state_backend: String,
+    pub state_backend: StateBackendKind,
     /// Redis holding idempotency claims, done records, rate-limit and blast-radius counters and
     /// the kill switch. Every replica of the fleet must use the same one.
     pub redis_url: String,
@@ -90,15 +109,19 @@ pub struct ActorSettings {
     /// At run time use the Redis key `<prefix>:killswitch` (or `<prefix>:killswitch:<action>`).
     pub kill_switch: bool,
     /// How often the Redis kill-switch keys are read (keep at most 500 so a switch acts within 2 s).
-    pub kill_switch_poll_ms: u64,
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub kill_switch_poll: Duration,
     /// Lease of an idempotency claim. The owner renews it every third of the lease while it works;
     /// when an owner dies, another replica may take the key over after the lease expires.
-    pub claim_lease_ms: u64,
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub claim_lease: Duration,
     /// How often a request whose key another live owner holds checks for the result.
-    pub claim_poll_ms: u64,
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub claim_poll: Duration,
     /// How long the outcome of a completed action is remembered (duplicates and replays within
     /// this window are suppressed).
-    pub done_ttl_ms: u64,
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub done_ttl: Duration,
     /// The configured actions, keyed by `name`.
     #[serde(default)]
     pub action: Vec<ActionSettings>,
@@ -145,18 +168,27 @@ pub struct ActionSettings {
     #[serde(default)]
     pub message: Option<String>,
     /// Timeout of one HTTP attempt.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "reflex_runtime::duration::deserialize"
+    )]
+    pub timeout: Duration,
     /// Attempts for transient failures (5xx, 408, 425, 429, timeouts, connection errors); each
     /// attempt produces an outcome. 4xx is permanent and not retried.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// First backoff between attempts; doubles each attempt up to `max_backoff_ms`.
-    #[serde(default = "default_backoff_ms")]
-    pub backoff_ms: u64,
+    /// First backoff between attempts; doubles each attempt up to `max_backoff`.
+    #[serde(
+        default = "default_backoff",
+        deserialize_with = "reflex_runtime::duration::deserialize"
+    )]
+    pub backoff: Duration,
     /// Longest backoff between attempts.
-    #[serde(default = "default_max_backoff_ms")]
-    pub max_backoff_ms: u64,
+    #[serde(
+        default = "default_max_backoff",
+        deserialize_with = "reflex_runtime::duration::deserialize"
+    )]
+    pub max_backoff: Duration,
     /// Name of an environment variable holding a Standard Webhooks secret (`whsec_<base64>` or
     /// raw text); when set, requests carry `webhook-id`, `webhook-timestamp`, `webhook-signature`.
     #[serde(default)]
@@ -175,15 +207,21 @@ pub struct ActionSettings {
     #[serde(default = "default_breaker_failures")]
     pub breaker_failures: u32,
     /// How long an open breaker waits before letting one probe through (half-open).
-    #[serde(default = "default_breaker_cooldown_ms")]
-    pub breaker_cooldown_ms: u64,
+    #[serde(
+        default = "default_breaker_cooldown",
+        deserialize_with = "reflex_runtime::duration::deserialize"
+    )]
+    pub breaker_cooldown: Duration,
     /// Blast-radius cap: at most this many executions per window, fleet-wide; the rest are
     /// held (outcome `HELD`, record on `actor.held_topic`). 0 disables it.
     #[serde(default)]
     pub blast_radius_max: u64,
     /// Window of the blast-radius cap.
-    #[serde(default = "default_blast_radius_window_ms")]
-    pub blast_radius_window_ms: u64,
+    #[serde(
+        default = "default_blast_radius_window",
+        deserialize_with = "reflex_runtime::duration::deserialize"
+    )]
+    pub blast_radius_window: Duration,
     /// Shadow mode for this action: outcome `DRY_RUN`, no effect.
     #[serde(default)]
     pub dry_run: bool,
@@ -198,17 +236,17 @@ fn default_event_type() -> String {
 fn default_content_type() -> String {
     "application/json".into()
 }
-fn default_timeout_ms() -> u64 {
-    5000
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_max_attempts() -> u32 {
     3
 }
-fn default_backoff_ms() -> u64 {
-    200
+fn default_backoff() -> Duration {
+    Duration::from_millis(200)
 }
-fn default_max_backoff_ms() -> u64 {
-    5000
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_rate_burst() -> u32 {
     1
@@ -216,11 +254,11 @@ fn default_rate_burst() -> u32 {
 fn default_breaker_failures() -> u32 {
     5
 }
-fn default_breaker_cooldown_ms() -> u64 {
-    10_000
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_blast_radius_window_ms() -> u64 {
-    60_000
+fn default_blast_radius_window() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// What an action does.
@@ -304,8 +342,8 @@ pub fn compile(
         if a.rate_burst == 0 {
             return Err(fail("rate_burst", "must be at least 1".into()));
         }
-        if a.blast_radius_max > 0 && a.blast_radius_window_ms == 0 {
-            return Err(fail("blast_radius_window_ms", "must be positive".into()));
+        if a.blast_radius_max > 0 && a.blast_radius_window.is_zero() {
+            return Err(fail("blast_radius_window", "must be positive".into()));
         }
         let mut add = |field: &str, source: &str, escape: Escape| -> Result<(), ConfigError> {
             let name = format!("{}.{field}", a.name);
@@ -404,7 +442,7 @@ pub fn compile(
         out.push(Action {
             settings: a.clone(),
             kind,
-            timeout: Duration::from_millis(a.timeout_ms.max(1)),
+            timeout: a.timeout.max(Duration::from_millis(1)),
         });
     }
     Ok((out, templates))

@@ -55,11 +55,11 @@
 //!   actor "pauses the affected partitions rather than failing events" within the `Stage`
 //!   contract (all assigned partitions pause, not only the target's);
 //! - a kill switch: `actor.kill_switch`, or the Redis keys `<prefix>:killswitch` (all actions)
-//!   and `<prefix>:killswitch:<action>`, read every `kill_switch_poll_ms`; while on, no new
+//!   and `<prefix>:killswitch:<action>`, read every `kill_switch_poll`; while on, no new
 //!   action starts and the events wait (`reflex_kill_switch_on`);
 //! - dry-run / shadow mode (`actor.dry_run`, the action's `dry_run` or the request's): outcome
 //!   `DRY_RUN`, the would-be call logged, no effect, no claim;
-//! - a blast-radius cap (`blast_radius_max` per `blast_radius_window_ms`, counted in Redis):
+//! - a blast-radius cap (`blast_radius_max` per `blast_radius_window`, counted in Redis):
 //!   above it the request is held (outcome `HELD`, the original record on
 //!   `actor.held_topic`, a warn log line, `reflex_blast_radius_held_total`), not executed.
 //!
@@ -193,8 +193,8 @@ impl Actor {
         };
         let source = config_file.zip(text.as_deref());
         let (actions, templates) =
-            config::compile(&config.actor.action, source, &|v| std::env::var(v).ok())?;
-        let settings = config.actor.clone();
+            config::compile(&config.stage.action, source, &|v| std::env::var(v).ok())?;
+        let settings = config.stage.clone();
         let allowlist = config::Allowlist::new(&settings.allowed_hosts, &settings.allowed_schemes)
             .map_err(StartError::Security)?;
         if allowlist.is_open() && actions.iter().any(|a| matches!(a.kind, Kind::Http { .. })) {
@@ -218,7 +218,7 @@ impl Actor {
             }
         };
         let store = StateBackend::open(
-            &settings.state_backend,
+            settings.state_backend.as_str(),
             &settings.redis_url,
             &settings.redis_prefix,
             redis_auth,
@@ -276,7 +276,9 @@ impl Actor {
         tokio::spawn(poll_kill_switch(
             store.clone(),
             kill.clone(),
-            Duration::from_millis(settings.kill_switch_poll_ms.clamp(50, 500)),
+            settings
+                .kill_switch_poll
+                .clamp(Duration::from_millis(50), Duration::from_millis(500)),
         ));
         info!(
             worker = %worker,
@@ -612,7 +614,7 @@ impl Actor {
     }
 
     fn lease(&self) -> Duration {
-        Duration::from_millis(self.settings.claim_lease_ms.max(100))
+        self.settings.claim_lease.max(Duration::from_millis(100))
     }
 
     /// Claims, executes and records one request (a lone event, a retry, or a key another
@@ -631,7 +633,7 @@ impl Actor {
                 Ok(Claim::Done(recorded)) => return self.duplicate(c, event, &recorded),
                 Ok(Claim::Busy(holder)) => {
                     debug!(action = %name, idempotency_key = %key, holder = %holder, "claimed by another owner: waiting");
-                    tokio::time::sleep(Duration::from_millis(self.settings.claim_poll_ms.max(10)))
+                    tokio::time::sleep(self.settings.claim_poll.max(Duration::from_millis(10)))
                         .await;
                 }
                 Err(e) => return Err(redis_failed("idempotency claim", &e)),
@@ -780,7 +782,7 @@ impl Actor {
     }
 
     fn done_ttl(&self) -> Duration {
-        Duration::from_millis(self.settings.done_ttl_ms)
+        self.settings.done_ttl
     }
 
     /// The outputs of a request found already done: a duplicate-suppressed outcome (and, for
@@ -833,13 +835,14 @@ impl Actor {
         if s.blast_radius_max > 0 {
             let count = self
                 .store
-                .blast_count(name, Duration::from_millis(s.blast_radius_window_ms))
+                .blast_count(name, s.blast_radius_window)
                 .await
                 .map_err(|e| redis_failed("blast-radius counter", &e))?;
             if count > s.blast_radius_max {
                 let reason = format!(
-                    "blast-radius cap: {count} executions of `{name}` in the current {} ms window (limit {})",
-                    s.blast_radius_window_ms, s.blast_radius_max
+                    "blast-radius cap: {count} executions of `{name}` in the current {} window (limit {})",
+                    reflex_runtime::duration::format(s.blast_radius_window),
+                    s.blast_radius_max
                 );
                 warn!(action = %name, idempotency_key = %key, target = %req.target, held_topic = %self.settings.held_topic, reason = %reason, "action held");
                 metrics::counter!(m::BLAST_RADIUS_HELD, "action" => name.clone()).increment(1);
@@ -868,7 +871,7 @@ impl Actor {
             _ => "",
         };
         let breaker_key = Self::breaker_key(req, url);
-        let cooldown = Duration::from_millis(s.breaker_cooldown_ms);
+        let cooldown = s.breaker_cooldown;
         let max_attempts = s.max_attempts.max(1);
         for attempt in 1..=max_attempts {
             // Guards, in order; the kill switch is checked again right before the effect.
@@ -959,26 +962,16 @@ impl Actor {
                         ))
                         .with_outputs(outputs));
                     }
-                    let backoff = Duration::from_millis(
-                        s.backoff_ms
-                            .saturating_mul(1 << (attempt - 1).min(16))
-                            .min(s.max_backoff_ms),
-                    );
+                    let backoff = s
+                        .backoff
+                        .saturating_mul(1 << (attempt - 1).min(16))
+                        .min(s.max_backoff);
                     debug!(action = %name, idempotency_key = %key, attempt, error = %error, backoff_ms = backoff.as_millis() as u64, "attempt failed: retrying");
                     tokio::time::sleep(backoff).await;
                 }
             }
         }
         unreachable!("the last attempt returns")
-    }
-}
-
-impl reflex_runtime::worker::WorkerConfig for ActorConfig {
-    fn telemetry(&self) -> &reflex_runtime::TelemetrySettings {
-        &self.telemetry
-    }
-    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
-        &self.kafka
     }
 }
 
@@ -1083,17 +1076,15 @@ async fn poll_kill_switch(store: StateBackend, kill: Arc<KillSwitch>, every: Dur
     }
 }
 
-/// Shared pieces for a `main`: the actor's config, started and run until `shutdown`.
+/// The actor's part of the shared `main`: its config (loaded, checked, Kafka secrets resolved
+/// by [`ActorConfig::load`]), started and run until `shutdown`.
 pub async fn run(
     config: ActorConfig,
     config_file: Option<&Path>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let actor = Actor::start(&config, config_file, &config.runtime.worker_id).await?;
-    // SASL/TLS secrets (`REFLEX_KAFKA_SECRET_*`) join the non-secret `kafka.properties` here.
-    let mut kafka = config.kafka.clone();
-    reflex_core::secrets::apply_kafka_secrets(&mut kafka.properties, std::env::vars())?;
-    reflex_runtime::run(actor, &kafka, &config.runtime, shutdown).await?;
+    reflex_runtime::run(actor, &config.kafka, &config.runtime, shutdown).await?;
     Ok(())
 }
 

@@ -1,8 +1,8 @@
-//! `reflex-actor`: the shared worker `main` (config, telemetry, run until SIGTERM).
+//! `reflex-actor`: the shared worker `main` (config and secrets, telemetry, run until SIGTERM).
 
 use std::process::ExitCode;
 
-use reflex_actor::{ActorConfig, ACTOR_DEFAULTS};
+use reflex_actor::ActorConfig;
 use reflex_runtime::worker::Worker;
 
 #[tokio::main]
@@ -10,7 +10,6 @@ async fn main() -> ExitCode {
     Worker {
         name: "reflex-actor",
         about: "Executes action requests exactly once in effect, behind guardrails.",
-        defaults: ACTOR_DEFAULTS,
         example_config: Some(reflex_actor::EXAMPLE_CONFIG),
     }
     .main(|config: ActorConfig, file, shutdown| async move {

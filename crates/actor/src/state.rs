@@ -234,7 +234,7 @@ struct Tables {
 }
 
 /// Expired claims and done records are dropped every this many operations, so memory is
-/// bounded by what is live (done records live `done_ttl_ms`).
+/// bounded by what is live (done records live `done_ttl`).
 const SWEEP_EVERY: usize = 10_000;
 
 impl Tables {

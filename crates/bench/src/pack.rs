@@ -8,12 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reflex_actor::{ActorConfig, ACTOR_DEFAULTS};
+use reflex_actor::ActorSettings;
 use reflex_core::topics::TopicDecl;
-use reflex_enricher::{EnricherConfig, ENRICHER_DEFAULTS};
-use reflex_reprocessor::{ReprocessorConfig, REPROCESSOR_DEFAULTS};
-use reflex_router::{RouterConfig, ROUTER_DEFAULTS};
-use reflex_runtime::config::{load, KafkaSettings, RUNTIME_DEFAULTS};
+use reflex_enricher::EnricherSettings;
+use reflex_reprocessor::ReprocessorSettings;
+use reflex_router::RouterSettings;
+use reflex_runtime::config::{KafkaSettings, StageSettings, WorkerConfig};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -85,12 +85,6 @@ fn pack_err(path: &Path, message: impl std::fmt::Display) -> HarnessError {
     }
 }
 
-/// Only the `kafka` section of a worker config (the rest is the worker's business).
-#[derive(Deserialize)]
-struct KafkaOnly {
-    kafka: KafkaSettings,
-}
-
 impl Pack {
     pub fn load(dir: &Path) -> Result<Self, HarnessError> {
         let pack_toml = dir.join("pack.toml");
@@ -115,45 +109,32 @@ impl Pack {
             let p = dir.join(format!("{name}.toml"));
             p.exists().then_some(p)
         };
-        let kafka_of = |name: &str, defaults: &str| -> Result<StageInfo, HarnessError> {
-            let path = config(name)
-                .ok_or_else(|| pack_err(&dir.join(format!("{name}.toml")), "missing"))?;
-            let k: KafkaOnly =
-                load(&[RUNTIME_DEFAULTS, defaults], Some(&path)).map_err(|e| pack_err(&path, e))?;
-            Ok(StageInfo {
-                config: Some(path),
-                group: k.kafka.group_id,
-                inputs: k.kafka.input_topics,
-            })
+        // Each stage's file loads as the worker loads it (typed, every field checked), without
+        // this process's environment: the pack as written.
+        fn load_stage<S: StageSettings>(path: &Path) -> Result<WorkerConfig<S>, HarnessError> {
+            WorkerConfig::<S>::load_with(Some(path), std::iter::empty())
+                .map_err(|e| pack_err(path, e))
+        }
+        let required = |name: &str| {
+            config(name).ok_or_else(|| pack_err(&dir.join(format!("{name}.toml")), "missing"))
         };
-        // Typed loads check the whole file as the worker will.
-        let check = |name: &str, result: Result<(), String>| {
-            result.map_err(|e| pack_err(&dir.join(format!("{name}.toml")), e))
+        let stage_info = |path: PathBuf, kafka: &KafkaSettings| StageInfo {
+            config: Some(path),
+            group: kafka.group_id.clone(),
+            inputs: kafka.input_topics.clone(),
         };
-        let router = kafka_of("router", ROUTER_DEFAULTS)?;
-        check(
-            "router",
-            load::<RouterConfig>(
-                &[RUNTIME_DEFAULTS, ROUTER_DEFAULTS],
-                router.config.as_deref(),
-            )
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        )?;
-        let enricher = kafka_of("enricher", ENRICHER_DEFAULTS)?;
-        check(
-            "enricher",
-            load::<EnricherConfig>(
-                &[RUNTIME_DEFAULTS, ENRICHER_DEFAULTS],
-                enricher.config.as_deref(),
-            )
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        )?;
-        let actor_path =
-            config("actor").ok_or_else(|| pack_err(&dir.join("actor.toml"), "missing"))?;
-        let actor: ActorConfig = load(&[RUNTIME_DEFAULTS, ACTOR_DEFAULTS], Some(&actor_path))
-            .map_err(|e| pack_err(&actor_path, e))?;
+        let router_path = required("router")?;
+        let router = stage_info(
+            router_path.clone(),
+            &load_stage::<RouterSettings>(&router_path)?.kafka,
+        );
+        let enricher_path = required("enricher")?;
+        let enricher = stage_info(
+            enricher_path.clone(),
+            &load_stage::<EnricherSettings>(&enricher_path)?.kafka,
+        );
+        let actor_path = required("actor")?;
+        let actor = load_stage::<ActorSettings>(&actor_path)?;
         let dead_letters: Vec<String> = topics
             .iter()
             .filter(|t| t.dead_letter)
@@ -161,9 +142,7 @@ impl Pack {
             .collect();
         let reprocessor = match config("reprocessor") {
             Some(path) => {
-                let r: ReprocessorConfig =
-                    load(&[RUNTIME_DEFAULTS, REPROCESSOR_DEFAULTS], Some(&path))
-                        .map_err(|e| pack_err(&path, e))?;
+                let r = load_stage::<ReprocessorSettings>(&path)?;
                 StageInfo {
                     config: Some(path),
                     group: r.kafka.group_id,
@@ -184,14 +163,14 @@ impl Pack {
             },
         };
         let actions = actor
-            .actor
+            .stage
             .action
             .iter()
             .map(|a| ActionInfo {
                 name: a.name.clone(),
                 kind: a.kind.clone(),
                 blast_radius_max: a.blast_radius_max,
-                blast_radius_window: Duration::from_millis(a.blast_radius_window_ms),
+                blast_radius_window: a.blast_radius_window,
             })
             .collect();
         let name = dir
@@ -209,8 +188,8 @@ impl Pack {
             events_file,
             topics,
             value_subject,
-            outcomes_topic: actor.actor.outcomes_topic.clone(),
-            held_topic: actor.actor.held_topic.clone(),
+            outcomes_topic: actor.stage.outcomes_topic.clone(),
+            held_topic: actor.stage.held_topic.clone(),
             actions,
             stages: vec![
                 ("router".into(), router),

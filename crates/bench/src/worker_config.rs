@@ -54,15 +54,12 @@ impl WorkerSettings {
                 .as_ref()
                 .map(|t| serde_json::to_string(t).unwrap_or_default()),
         );
-        set("KAFKA__SESSION_TIMEOUT_MS", self.session_timeout.map(ms));
-        set(
-            "KAFKA__MAX_POLL_INTERVAL_MS",
-            self.max_poll_interval.map(ms),
-        );
-        set("KAFKA__COMMIT_INTERVAL_MS", self.commit_interval.map(ms));
+        set("KAFKA__SESSION_TIMEOUT", self.session_timeout.map(ms));
+        set("KAFKA__MAX_POLL_INTERVAL", self.max_poll_interval.map(ms));
+        set("KAFKA__COMMIT_INTERVAL", self.commit_interval.map(ms));
         set("REGISTRY__URL", self.registry_url.clone());
-        set("RUNTIME__DRAIN_GRACE_MS", self.drain_grace.map(ms));
-        set("RUNTIME__LAG_INTERVAL_MS", self.lag_interval.map(ms));
+        set("RUNTIME__DRAIN_GRACE", self.drain_grace.map(ms));
+        set("RUNTIME__LAG_INTERVAL", self.lag_interval.map(ms));
         set("RUNTIME__STATE_URL", self.state_url.clone());
         set("TELEMETRY__LOG_FORMAT", self.log_format.clone());
         set("TELEMETRY__LOG_LEVEL", self.log_level.clone());
@@ -85,9 +82,9 @@ impl WorkerSettings {
     }
 }
 
-/// A duration as the workers' `*_ms` keys take it.
+/// A duration as the workers read it ("8s", "500ms").
 fn ms(d: Duration) -> String {
-    d.as_millis().to_string()
+    reflex_runtime::duration::format(d)
 }
 
 fn path(p: &Option<PathBuf>) -> Option<String> {
@@ -112,7 +109,7 @@ mod tests {
             [
                 ("REFLEX_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1"),
                 ("REFLEX_KAFKA__INPUT_TOPICS", r#"["a.dlq","b.dlq"]"#),
-                ("REFLEX_RUNTIME__DRAIN_GRACE_MS", "8000"),
+                ("REFLEX_RUNTIME__DRAIN_GRACE", "8s"),
                 ("REFLEX_ACTOR__REDIS_URL", ""),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -88,7 +88,8 @@ pub fn resolve_with(
 /// `REFLEX_KAFKA_SECRET_SASL_PASSWORD` sets `sasl.password` (name lower-cased, `_` → `.`).
 /// `..._FILE` variables name a file holding the value instead (`REFLEX_KAFKA_SECRET_SASL_PASSWORD_FILE`).
 /// Non-secret settings (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`) stay in
-/// `kafka.properties`; the key of `ssl.key.password` etc. is also a secret.
+/// `kafka.properties`. Workers and `reflexctl` resolve them in one place,
+/// `reflex_runtime::config::KafkaProperties::resolve_secrets`.
 pub const KAFKA_SECRET_ENV_PREFIX: &str = "REFLEX_KAFKA_SECRET_";
 
 /// librdkafka properties that hold secrets; a config file must not set them inline.
@@ -132,44 +133,6 @@ pub fn kafka_secret_properties(
         out.push((property, secret));
     }
     Ok(out)
-}
-
-/// Secret properties written inline in `properties` (a config file's `kafka.properties`): the
-/// caller refuses to start, naming them and the environment variable to use instead.
-pub fn inline_kafka_secrets<'a>(properties: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-    properties
-        .into_iter()
-        .filter(|k| KAFKA_SECRET_PROPERTIES.contains(&k.as_str()))
-        .map(|k| {
-            format!(
-                "{k} (set {KAFKA_SECRET_ENV_PREFIX}{} or ..._FILE instead)",
-                k.to_ascii_uppercase().replace('.', "_")
-            )
-        })
-        .collect()
-}
-
-/// Adds the secret librdkafka properties from `vars` (pass `std::env::vars()`) to a worker's
-/// `kafka.properties`, after refusing secrets written there inline. Workers call it before
-/// creating their clients.
-pub fn apply_kafka_secrets(
-    properties: &mut std::collections::BTreeMap<String, String>,
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), SecretError> {
-    let inline = inline_kafka_secrets(properties.keys());
-    if !inline.is_empty() {
-        return Err(SecretError::Syntax(format!(
-            "kafka.properties sets secret(s) inline: {}",
-            inline.join("; ")
-        )));
-    }
-    for (property, secret) in kafka_secret_properties(vars)? {
-        let value = secret
-            .expose_str()
-            .ok_or_else(|| SecretError::Syntax(format!("{property}: not UTF-8")))?;
-        properties.insert(property, value.to_string());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -223,25 +186,5 @@ mod tests {
         )])
         .unwrap_err();
         assert!(err.to_string().contains("sasl.passwrod"), "{err}");
-        let inline =
-            inline_kafka_secrets(&["sasl.password".to_string(), "security.protocol".to_string()]);
-        assert_eq!(inline.len(), 1);
-        assert!(inline[0].contains("REFLEX_KAFKA_SECRET_SASL_PASSWORD"));
-        let mut props = std::collections::BTreeMap::from([(
-            "security.protocol".to_string(),
-            "SASL_SSL".to_string(),
-        )]);
-        apply_kafka_secrets(
-            &mut props,
-            vec![(
-                "REFLEX_KAFKA_SECRET_SASL_PASSWORD".to_string(),
-                "pw".to_string(),
-            )],
-        )
-        .unwrap();
-        assert_eq!(props.get("sasl.password").map(String::as_str), Some("pw"));
-        let e = apply_kafka_secrets(&mut props, Vec::new()).unwrap_err();
-        assert!(e.to_string().contains("inline"), "{e}");
-        assert!(!e.to_string().contains("pw\""), "{e}");
     }
 }

@@ -41,10 +41,7 @@ use reflex_core::actions::{idempotency_key, ActionRequest, AvroCodec, ACTION_REQ
 use reflex_core::headers::{ce, reflex as rh};
 use reflex_core::registry::{RegistryClient, RegistryError};
 use reflex_core::ErrorClass;
-use reflex_runtime::{
-    Event, KafkaSettings, Output, RegistrySettings, RuntimeSettings, Stage, StageError,
-    TelemetrySettings,
-};
+use reflex_runtime::{Event, Output, RegistrySettings, Stage, StageError, StageSettings};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 use tracing::{info, warn};
@@ -55,23 +52,18 @@ use crate::spec::{Binding, OnMissing, Spec, SpecError};
 /// Embedded enricher defaults, layered over the runtime's.
 pub const ENRICHER_DEFAULTS: &str = include_str!("defaults.toml");
 
-/// The enricher's whole configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnricherConfig {
-    /// Kafka connection, group and input topics (the router's output topics).
-    pub kafka: KafkaSettings,
-    /// The shared loop's settings.
-    pub runtime: RuntimeSettings,
-    /// Schema Registry used to decode payloads, validate templates and register the output schema.
-    pub registry: RegistrySettings,
-    /// Logging.
-    pub telemetry: TelemetrySettings,
-    /// Enricher-specific settings.
-    pub enricher: EnricherSettings,
+/// The enricher's whole configuration: the shared sections (its input topics are the router's
+/// output topics; the registry decodes payloads, validates templates and registers the output
+/// schema) and `[enricher]`.
+pub type EnricherConfig = reflex_runtime::WorkerConfig<EnricherSettings>;
+
+impl StageSettings for EnricherSettings {
+    const SECTION: &'static str = "enricher";
+    const DEFAULTS: &'static str = ENRICHER_DEFAULTS;
+    type Registry = RegistrySettings;
 }
 
-/// Enricher-specific settings.
+/// Enricher-specific settings (`[enricher]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnricherSettings {
@@ -88,7 +80,8 @@ pub struct EnricherSettings {
     /// `rediss://` for TLS). Only connected when a redis lookup is configured.
     pub redis_url: String,
     /// Longest one Redis lookup may take, connecting included; then it is a transient error.
-    pub redis_timeout_ms: u64,
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub redis_timeout: Duration,
     /// Validate template `payload.*` fields against each input topic's registered
     /// `<topic>-value` schema at start-up. A topic with no registered subject is skipped with a
     /// warning.
@@ -178,7 +171,7 @@ impl Enricher {
             }
         }
         let redis = if spec.uses_redis() {
-            let timeout = Duration::from_millis(settings.redis_timeout_ms);
+            let timeout = settings.redis_timeout;
             Some(
                 lookup::connect_redis(&settings.redis_url, timeout)
                     .await
@@ -354,15 +347,6 @@ struct Prepared<'e, 's> {
     selected: Vec<&'s Binding>,
     /// Per lookup (configuration order), its rendered key.
     keys: Vec<Result<String, StageError>>,
-}
-
-impl reflex_runtime::worker::WorkerConfig for EnricherConfig {
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
-    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
-        &self.kafka
-    }
 }
 
 impl Stage for Enricher {
@@ -608,13 +592,14 @@ fn base_context(event: &Event, payload: &Json) -> Value {
     Value::from_object(root)
 }
 
-/// Shared pieces for a `main`: the enricher's config, started and run until `shutdown`.
+/// The enricher's part of the shared `main`: its config (loaded, checked, Kafka secrets
+/// resolved by [`EnricherConfig::load`]), started and run until `shutdown`.
 pub async fn run(
     config: EnricherConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let registry = config.registry.client();
-    let enricher = Enricher::start(&config.enricher, registry, &config.kafka.input_topics).await?;
+    let enricher = Enricher::start(&config.stage, registry, &config.kafka.input_topics).await?;
     reflex_runtime::run(enricher, &config.kafka, &config.runtime, shutdown).await?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 //!   pipelines go down the one connection without waiting for each other's replies. The lookups
 //!   of one batch also run concurrently. A key whose answer is an error (e.g. `WRONGTYPE`) is
 //!   asked again alone, so only its events fail. Each lookup is bounded by
-//!   `enricher.redis_timeout_ms`; a failed or timed-out command is a transient error (the
+//!   `enricher.redis_timeout`; a failed or timed-out command is a transient error (the
 //!   runtime retries it with backoff) and the next lookup reconnects.
 //! - **File**: an in-memory table loaded at start-up.
 //! - **HTTP**: a TTL cache (including "not found" answers) in front of `GET`; only a cache miss

@@ -1,8 +1,8 @@
-//! `reflex-enricher`: the shared worker `main` (config, telemetry, run until SIGTERM).
+//! `reflex-enricher`: the shared worker `main` (config and secrets, telemetry, run until SIGTERM).
 
 use std::process::ExitCode;
 
-use reflex_enricher::{EnricherConfig, ENRICHER_DEFAULTS};
+use reflex_enricher::EnricherConfig;
 use reflex_runtime::worker::Worker;
 
 #[tokio::main]
@@ -10,7 +10,6 @@ async fn main() -> ExitCode {
     Worker {
         name: "reflex-enricher",
         about: "Adds context to routed events and binds them to action requests.",
-        defaults: ENRICHER_DEFAULTS,
         example_config: None,
     }
     .main(|config: EnricherConfig, _file, shutdown| async move {

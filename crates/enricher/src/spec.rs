@@ -21,9 +21,9 @@
 //! name = "service"
 //! kind = "http"                              # GET, JSON object flattened to strings, TTL cache
 //! url = "http://cmdb.local/services/{{ payload.pod }}"   # each value one encoded segment
-//! ttl_ms = 60000                             # default 60000
+//! ttl = "1m"                                 # default "1m" (a duration with a unit)
 //! cache_max_entries = 10000                  # default 10000
-//! timeout_ms = 2000                          # default 2000
+//! timeout = "2s"                             # default "2s"
 //! on_missing = "skip"
 //!
 //! [[binding]]
@@ -220,12 +220,18 @@ struct RawLookup {
     on_missing: Option<Spanned<String>>,
     #[serde(default)]
     default: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    ttl_ms: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "reflex_runtime::duration::deserialize_option"
+    )]
+    ttl: Option<Duration>,
     #[serde(default)]
     cache_max_entries: Option<usize>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "reflex_runtime::duration::deserialize_option"
+    )]
+    timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +307,11 @@ impl Spec {
     /// Compiles bindings-file text; `file` names it in messages and anchors relative `path`s.
     pub fn parse(file: &Path, text: &str) -> Result<Spec, SpecError> {
         let cx = Ctx { file, text };
+        // Old `*_ms` names would only be "unknown field": say what they are called now.
+        let renamed = reflex_runtime::config::renamed_settings_in_toml(text);
+        if !renamed.is_empty() {
+            return Err(cx.err(0, None, None, renamed.join("; ")));
+        }
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
             cx.err(line, None, None, e.message().to_string())
@@ -359,15 +370,13 @@ impl Spec {
                 }
             }
             if kind != "http"
-                && (raw.ttl_ms.is_some()
-                    || raw.cache_max_entries.is_some()
-                    || raw.timeout_ms.is_some())
+                && (raw.ttl.is_some() || raw.cache_max_entries.is_some() || raw.timeout.is_some())
             {
                 return Err(cx.err(
                     line,
                     o,
                     None,
-                    "ttl_ms, cache_max_entries and timeout_ms are only for http lookups".into(),
+                    "ttl, cache_max_entries and timeout are only for http lookups".into(),
                 ));
             }
             let template_name = format!("lookup:{name}:{field}");
@@ -413,9 +422,9 @@ impl Spec {
                     check_url_prefix(template.get_ref())
                         .map_err(|m| cx.err(tline, o, Some("url"), m))?;
                     SourceSpec::Http {
-                        ttl: Duration::from_millis(raw.ttl_ms.unwrap_or(60_000)),
+                        ttl: raw.ttl.unwrap_or(Duration::from_secs(60)),
                         max_entries: raw.cache_max_entries.unwrap_or(10_000).max(1),
-                        timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(2_000)),
+                        timeout: raw.timeout.unwrap_or(Duration::from_secs(2)),
                     }
                 }
             };

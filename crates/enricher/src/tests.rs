@@ -410,15 +410,15 @@ fn the_example_bindings_compile_and_match_the_pod_schema() {
 
 #[test]
 fn defaults_load_and_point_at_the_example() {
-    let config: EnricherConfig = reflex_runtime::config::load(
-        &[reflex_runtime::config::RUNTIME_DEFAULTS, ENRICHER_DEFAULTS],
-        None,
-    )
-    .unwrap();
+    let config = EnricherConfig::load_with(None, Vec::new()).unwrap();
     assert_eq!(config.kafka.input_topics, ["reflex.routed.remediation"]);
-    assert_eq!(config.enricher.output_topic, "reflex.actions.requests");
+    assert_eq!(config.stage.output_topic, "reflex.actions.requests");
+    assert_eq!(
+        config.stage.redis_timeout,
+        std::time::Duration::from_secs(2)
+    );
     assert!(Path::new("../..")
-        .join(&config.enricher.bindings_file)
+        .join(&config.stage.bindings_file)
         .exists());
 }
 
@@ -599,4 +599,26 @@ body = "reason={{ payload.reason }}"
     );
     let e = err("[[binding]]\naction = \"a\"\nkind = \"log\"\ntarget = \"t\"\nbody = \"x\"\nbody_format = \"xml\"\n");
     assert!(e.contains("body_format") && e.contains("`xml`"), "{e}");
+}
+
+#[test]
+fn lookup_durations_have_units_and_old_names_say_what_to_write() {
+    let lookup = |extra: &str| {
+        format!("[[lookup]]\nname = \"svc\"\nkind = \"http\"\nurl = \"http://cmdb/{{{{ payload.pod }}}}\"\n{extra}")
+    };
+    let spec = parse(&lookup("ttl = \"30s\"\ntimeout = \"250ms\"\n")).unwrap();
+    match &spec.lookups[0].source {
+        SourceSpec::Http { ttl, timeout, .. } => {
+            assert_eq!(*ttl, std::time::Duration::from_secs(30));
+            assert_eq!(*timeout, std::time::Duration::from_millis(250));
+        }
+        other => panic!("not http: {other:?}"),
+    }
+    let e = err(&lookup("ttl_ms = 60000\n"));
+    assert!(
+        e.contains("lookup[].ttl_ms was renamed: write ttl = \"1m\""),
+        "{e}"
+    );
+    let e = err(&lookup("timeout = 2000\n"));
+    assert!(e.contains("has no unit") && e.contains("\"2s\""), "{e}");
 }

@@ -63,10 +63,11 @@ pub async fn run(global: &Global, args: LagArgs) -> anyhow::Result<ExitCode> {
         stop_after: Duration::from_secs(args.stop_after),
     };
     let bootstrap = global.bootstrap.clone();
-    let properties = BTreeMap::new();
+    // The same client properties (and secrets) as every other command.
+    let properties: BTreeMap<String, String> = global.kafka_properties.0.clone();
     let mut reader = tokio::task::spawn_blocking({
-        let bootstrap = bootstrap.clone();
-        move || LagReader::new(&bootstrap, &BTreeMap::new(), Duration::from_secs(10))
+        let (bootstrap, properties) = (bootstrap.clone(), properties.clone());
+        move || LagReader::new(&bootstrap, &properties, Duration::from_secs(10))
     })
     .await??;
     let mut evaluators: Vec<Evaluator> = args

@@ -31,6 +31,7 @@ use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
 use rdkafka::config::ClientConfig;
 use reflex_core::registry::{RegistryClient, RegistryError};
+use reflex_runtime::KafkaProperties;
 
 pub mod acls;
 pub mod dlq;
@@ -95,16 +96,37 @@ pub struct Global {
         value_parser = NonEmptyStringValueParser::new()
     )]
     pub registry: String,
+    /// Extra librdkafka property for every Kafka client, `KEY=VALUE` (repeatable), e.g.
+    /// `security.protocol=SASL_SSL`; layered over `REFLEX_KAFKA__PROPERTIES` as workers read
+    /// it. Secret properties are refused here: set `REFLEX_KAFKA_SECRET_<PROPERTY>` or
+    /// `REFLEX_KAFKA_SECRET_<PROPERTY>_FILE`, as for the workers.
+    #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub kafka_property: Vec<(String, String)>,
+    /// The resolved client properties, secrets included: filled once by [`run`] through the
+    /// workers' own code path ([`reflex_runtime::config::client_properties`]).
+    #[arg(skip)]
+    pub kafka_properties: KafkaProperties,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 impl Global {
-    /// Base librdkafka config: the bootstrap servers and quiet client logs.
+    /// Base librdkafka config: the bootstrap servers, quiet client logs and the resolved
+    /// client properties (TLS/SASL settings and secrets).
     pub fn kafka_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap)
             .set("client.id", "reflexctl")
             .set("log_level", "3");
+        for (k, v) in &self.kafka_properties {
+            config.set(k, v);
+        }
         config
     }
 
@@ -147,7 +169,9 @@ pub enum Command {
 
 /// Runs one command; `Ok` carries the exit code (1 when a check failed).
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let global = cli.global;
+    let mut global = cli.global;
+    global.kafka_properties =
+        reflex_runtime::config::client_properties(global.kafka_property.clone(), std::env::vars())?;
     let result = match cli.command {
         Command::Topics(cmd) => topics::run(&global, cmd).await,
         Command::Schemas(cmd) => schemas::run(&global, cmd).await,

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use reflex_actor::call::{self, Call};
 use reflex_actor::config::{compile, Action};
-use reflex_actor::{ActorConfig, ACTOR_DEFAULTS};
+use reflex_actor::ActorConfig;
 use reflex_core::actions::{ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
 use reflex_core::headers::reflex as rh;
 use reflex_core::registry::RegistryClient;
@@ -34,11 +34,11 @@ use reflex_core::template::Templates;
 use reflex_core::wire::encode_frame;
 use reflex_enricher::lookup::Source;
 use reflex_enricher::spec::Spec;
-use reflex_enricher::{EnricherConfig, OutputSettings, ENRICHER_DEFAULTS};
+use reflex_enricher::{EnricherConfig, OutputSettings};
 use reflex_router::rules::{RuleSet, Unmatched};
-use reflex_router::{Router, RouterConfig, Verdict, ROUTER_DEFAULTS};
-use reflex_runtime::config::{load, RUNTIME_DEFAULTS};
+use reflex_router::{Router, RouterConfig, Verdict};
 use reflex_runtime::{Event, Stage};
+use reflex_runtime::{StageSettings, WorkerConfig};
 use serde::Deserialize;
 
 use crate::publish::{encode, event_headers, key_from_field, parse_documents, parse_header_args};
@@ -135,12 +135,9 @@ pub async fn run(args: RulesTestArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads one worker config the way the worker does: embedded defaults, the file, `REFLEX_*`.
-fn worker_config<T: serde::de::DeserializeOwned>(
-    pack: &Path,
-    file: &str,
-    defaults: &str,
-) -> anyhow::Result<T> {
+/// Loads one worker config the way the worker does: embedded defaults, the file, `REFLEX_*`,
+/// the same checks (Kafka secrets included).
+fn worker_config<S: StageSettings>(pack: &Path, file: &str) -> anyhow::Result<WorkerConfig<S>> {
     let path = pack.join(file);
     if !path.exists() {
         bail!(
@@ -148,7 +145,7 @@ fn worker_config<T: serde::de::DeserializeOwned>(
             path.display()
         );
     }
-    load(&[RUNTIME_DEFAULTS, defaults], Some(&path)).map_err(|e| anyhow!("{}: {e}", path.display()))
+    WorkerConfig::load(Some(&path)).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// Runs the whole shadow pass and returns the report text.
@@ -223,16 +220,16 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
     let request_schema = registry.schema_by_id(REQUEST_SCHEMA_ID).await?;
 
     // Router: the rule file, checked against the schema as at the router's start-up.
-    let router_config: RouterConfig = worker_config(pack, "router.toml", ROUTER_DEFAULTS)?;
-    let rules = RuleSet::load(&router_config.router.rules_file)?;
+    let router_config: RouterConfig = worker_config(pack, "router.toml")?;
+    let rules = RuleSet::load(&router_config.stage.rules_file)?;
     rules.check_schema(&topic, &subject, &schema_text)?;
     let rule_count = rules.rules.len();
     let unmatched = rules.unmatched;
-    let router = Router::new(rules, registry.clone(), router_config.router.max_hops);
+    let router = Router::new(rules, registry.clone(), router_config.stage.max_hops);
 
     // Enricher: in process when every lookup is a file table; else only binding selection.
-    let enricher_config: EnricherConfig = worker_config(pack, "enricher.toml", ENRICHER_DEFAULTS)?;
-    let settings = &enricher_config.enricher;
+    let enricher_config: EnricherConfig = worker_config(pack, "enricher.toml")?;
+    let settings = &enricher_config.stage;
     let spec = Spec::load(&settings.bindings_file)?;
     let mut raw: Vec<String> = spec.raw_fields();
     for input in &enricher_config.kafka.input_topics {
@@ -274,10 +271,10 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
     // Actor: the actions compiled as at its start-up. Nothing is signed in shadow mode, so
     // signing secrets are not needed.
     let actor_path = pack.join("actor.toml");
-    let actor_config: ActorConfig = worker_config(pack, "actor.toml", ACTOR_DEFAULTS)?;
+    let actor_config: ActorConfig = worker_config(pack, "actor.toml")?;
     let actor_text = std::fs::read_to_string(&actor_path)?;
     let (actions, templates) = compile(
-        &actor_config.actor.action,
+        &actor_config.stage.action,
         Some((&actor_path, &actor_text)),
         &|_| Some("shadow-mode".into()),
     )?;
@@ -555,7 +552,7 @@ fn act(
         Some("the request (binding dry_run)")
     } else if s.dry_run {
         Some("the action's dry_run")
-    } else if config.actor.dry_run {
+    } else if config.stage.dry_run {
         Some("actor.dry_run")
     } else {
         None
@@ -567,8 +564,10 @@ fn act(
         *count += 1;
         (*count > s.blast_radius_max).then(|| {
             format!(
-                "HELD by the blast-radius cap ({} per {} ms; this is number {count} in the window), to {}",
-                s.blast_radius_max, s.blast_radius_window_ms, config.actor.held_topic
+                "HELD by the blast-radius cap ({} per {}; this is number {count} in the window), to {}",
+                s.blast_radius_max,
+                reflex_runtime::duration::format(s.blast_radius_window),
+                config.stage.held_topic
             )
         })
     });

@@ -10,7 +10,7 @@
 //!   unauthorized dead letters stay where they are for a human (`reflexctl dlq replay`).
 //!   Spring, Connect and Streams dead letters are read too (`redeliver_foreign`).
 //! - **When:** not before the record's `reflex-retry-not-before-ms` (the failing worker set it
-//!   from its redelivery backoff) or, for foreign records, `foreign_delay_ms` after they were
+//!   from its redelivery backoff) or, for foreign records, `foreign_delay` after they were
 //!   written. Until then the runtime pauses the partition and reads the record again when it is
 //!   due ([`Stage::not_before_ms`]); nothing sleeps with work in flight.
 //! - **How often:** `reflex-redelivery-attempt` counts redeliveries; after `max_redeliveries`
@@ -30,44 +30,26 @@ use std::future::Future;
 use reflex_core::dead_letter::{redelivery, DeadLetter, Dialect};
 use reflex_core::headers::{ce, reflex as rh, Headers};
 use reflex_core::{metrics as m, ErrorClass};
-use reflex_runtime::worker::WorkerConfig;
-use reflex_runtime::{
-    Event, KafkaSettings, Output, RegistrySettings, RuntimeSettings, Stage, StageError,
-    TelemetrySettings,
-};
+use reflex_runtime::{Event, NoRegistry, Output, Stage, StageError, StageSettings};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 /// The reprocessor's embedded defaults (over the runtime's).
 pub const REPROCESSOR_DEFAULTS: &str = include_str!("defaults.toml");
 
-/// The reprocessor's whole configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReprocessorConfig {
-    /// Kafka connection, group and the dead-letter topics to consume.
-    pub kafka: KafkaSettings,
-    /// The shared loop's settings.
-    pub runtime: RuntimeSettings,
-    /// Schema Registry. Unused (redelivered bytes go back unchanged); accepted so one set of
-    /// `REFLEX_REGISTRY__*` variables can serve every worker of a fleet.
-    pub registry: RegistrySettings,
-    /// Logging.
-    pub telemetry: TelemetrySettings,
-    /// Reprocessor-specific settings.
-    pub reprocessor: ReprocessorSettings,
+/// The reprocessor's whole configuration: the shared sections (its input topics are the
+/// dead-letter topics) and `[reprocessor]`. It has no `[registry]`: redelivered bytes go back
+/// unchanged, so it never asks the registry anything (fleet-wide `REFLEX_REGISTRY__*`
+/// variables are ignored, a `[registry]` section in its file is refused).
+pub type ReprocessorConfig = reflex_runtime::WorkerConfig<ReprocessorSettings>;
+
+impl StageSettings for ReprocessorSettings {
+    const SECTION: &'static str = "reprocessor";
+    const DEFAULTS: &'static str = REPROCESSOR_DEFAULTS;
+    type Registry = NoRegistry;
 }
 
-impl WorkerConfig for ReprocessorConfig {
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
-    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
-        &self.kafka
-    }
-}
-
-/// Reprocessor-specific settings.
+/// Reprocessor-specific settings (`[reprocessor]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReprocessorSettings {
@@ -79,7 +61,8 @@ pub struct ReprocessorSettings {
     /// (they have no Reflex class; their writers already gave up retrying them).
     pub redeliver_foreign: bool,
     /// Delay after a foreign dead letter was written before it is redelivered.
-    pub foreign_delay_ms: u64,
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub foreign_delay: std::time::Duration,
     /// Suffix of the topic records go to after their last redelivery.
     pub exhausted_suffix: String,
 }
@@ -174,7 +157,7 @@ impl Stage for Reprocessor {
         if foreign && self.settings.redeliver_foreign {
             return event
                 .timestamp_ms
-                .map(|ts| ts + self.settings.foreign_delay_ms as i64);
+                .map(|ts| ts + self.settings.foreign_delay.as_millis() as i64);
         }
         None
     }
@@ -267,11 +250,11 @@ pub async fn run(
     config: ReprocessorConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let stage = Reprocessor::new(config.reprocessor.clone())?;
+    let stage = Reprocessor::new(config.stage.clone())?;
     info!(
         topics = ?config.kafka.input_topics,
-        max_redeliveries = config.reprocessor.max_redeliveries,
-        classes = ?config.reprocessor.redeliver_classes,
+        max_redeliveries = config.stage.max_redeliveries,
+        classes = ?config.stage.redeliver_classes,
         "reprocessor configured"
     );
     reflex_runtime::run(stage, &config.kafka, &config.runtime, shutdown).await?;

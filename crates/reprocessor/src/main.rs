@@ -1,8 +1,8 @@
-//! `reflex-reprocessor`: the shared worker `main` (config, telemetry, run until SIGTERM).
+//! `reflex-reprocessor`: the shared worker `main` (config and secrets, telemetry, run until SIGTERM).
 
 use std::process::ExitCode;
 
-use reflex_reprocessor::{ReprocessorConfig, REPROCESSOR_DEFAULTS};
+use reflex_reprocessor::ReprocessorConfig;
 use reflex_runtime::worker::Worker;
 
 #[tokio::main]
@@ -10,7 +10,6 @@ async fn main() -> ExitCode {
     Worker {
         name: "reflex-reprocessor",
         about: "Delivers retryable dead letters back to their original topic when they are due.",
-        defaults: REPROCESSOR_DEFAULTS,
         example_config: None,
     }
     .main(|config: ReprocessorConfig, _file, shutdown| async move {

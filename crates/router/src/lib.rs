@@ -9,7 +9,7 @@
 //!
 //! Before anything else it applies the record limits (`max_value_bytes`, `max_headers`,
 //! `max_header_bytes`) and, when `signing_keys` is set, verifies the event's
-//! `reflex-signature` (and `max_event_age_ms`): failures are dead-lettered as `unauthorized`
+//! `reflex-signature` (and `max_event_age`): failures are dead-lettered as `unauthorized`
 //! (see SECURITY.md).
 //!
 //! Start-up fails, naming file, line and rule, when the rule file is broken or a rule reads a
@@ -21,6 +21,7 @@ pub mod rules;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cel::objects::{Key, Map};
@@ -30,10 +31,7 @@ use reflex_core::limits::RecordLimits;
 use reflex_core::registry::{RegistryClient, RegistryError};
 use reflex_core::signing::KeyRing;
 use reflex_core::{metrics as m, ErrorClass};
-use reflex_runtime::{
-    Event, KafkaSettings, Output, RegistrySettings, RuntimeSettings, Stage, StageError,
-    TelemetrySettings,
-};
+use reflex_runtime::{Event, Output, RegistrySettings, Stage, StageError, StageSettings};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -42,23 +40,17 @@ use crate::rules::{RuleAction, RuleError, RuleSet, Unmatched};
 /// Embedded router defaults, layered over the runtime's.
 pub const ROUTER_DEFAULTS: &str = include_str!("defaults.toml");
 
-/// The router's whole configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouterConfig {
-    /// Kafka connection, group and input topics.
-    pub kafka: KafkaSettings,
-    /// The shared loop's settings.
-    pub runtime: RuntimeSettings,
-    /// Schema Registry used to decode payloads and validate rules.
-    pub registry: RegistrySettings,
-    /// Logging.
-    pub telemetry: TelemetrySettings,
-    /// Router-specific settings.
-    pub router: RouterSettings,
+/// The router's whole configuration: the shared sections and `[router]`. The registry decodes
+/// payloads and validates rules.
+pub type RouterConfig = reflex_runtime::WorkerConfig<RouterSettings>;
+
+impl StageSettings for RouterSettings {
+    const SECTION: &'static str = "router";
+    const DEFAULTS: &'static str = ROUTER_DEFAULTS;
+    type Registry = RegistrySettings;
 }
 
-/// Router-specific settings.
+/// Router-specific settings (`[router]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSettings {
@@ -74,9 +66,10 @@ pub struct RouterSettings {
     /// signed events are dead-lettered as `unauthorized`. Several keys allow rotation.
     pub signing_keys: Vec<String>,
     /// Events whose `ce_time` is older than this are dead-lettered as `unauthorized` (replay
-    /// guard; `ce_time` is signed when signing is on). 0 turns it off. Keep it above the
+    /// guard; `ce_time` is signed when signing is on). `"0"` turns it off. Keep it above the
     /// horizon of legitimate dead-letter replays, which keep the original `ce_time`.
-    pub max_event_age_ms: u64,
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub max_event_age: Duration,
     /// Largest record value accepted; larger ones are dead-lettered. 0 turns it off.
     pub max_value_bytes: usize,
     /// Most headers on a record; more are dead-lettered. 0 turns it off.
@@ -116,7 +109,7 @@ pub struct Router {
     matches: Vec<metrics::Counter>,
     /// Signature keys; empty means signatures are not required.
     keys: KeyRing,
-    max_event_age_ms: u64,
+    max_event_age: Duration,
     limits: RecordLimits,
 }
 
@@ -164,7 +157,7 @@ impl Router {
             max_hops,
             root: Context::default(),
             keys: KeyRing::default(),
-            max_event_age_ms: 0,
+            max_event_age: Duration::ZERO,
             limits: RecordLimits::default(),
         }
     }
@@ -175,9 +168,9 @@ impl Router {
         self
     }
 
-    /// Refuses events whose `ce_time` is older than `max_age_ms` (0: off).
-    pub fn with_max_event_age(mut self, max_age_ms: u64) -> Self {
-        self.max_event_age_ms = max_age_ms;
+    /// Refuses events whose `ce_time` is older than `max_age` (zero: off).
+    pub fn with_max_event_age(mut self, max_age: Duration) -> Self {
+        self.max_event_age = max_age;
         self
     }
 
@@ -193,23 +186,23 @@ impl Router {
                 .verify(&event.headers, event.payload.as_deref())
                 .map_err(|e| StageError::new(ErrorClass::Unauthorized, e.to_string()))?;
         }
-        if self.max_event_age_ms > 0 {
+        if !self.max_event_age.is_zero() {
             let time = event.headers.get_str(ce::TIME).ok_or_else(|| {
                 StageError::new(
                     ErrorClass::Unauthorized,
-                    "event has no `ce_time` header, and router.max_event_age_ms requires one",
+                    "event has no `ce_time` header, and router.max_event_age requires one",
                 )
             })?;
             let at = chrono::DateTime::parse_from_rfc3339(time).map_err(|e| {
                 StageError::permanent(format!("`ce_time` = `{time}` is not RFC 3339: {e}"))
             })?;
             let age_ms = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_milliseconds();
-            if age_ms > self.max_event_age_ms as i64 {
+            if age_ms > self.max_event_age.as_millis() as i64 {
                 return Err(StageError::new(
                     ErrorClass::Unauthorized,
                     format!(
-                        "event is {age_ms} ms old (ce_time {time}), over router.max_event_age_ms = {}: a replay or a stale event",
-                        self.max_event_age_ms
+                        "event is {age_ms} ms old (ce_time {time}), over router.max_event_age = {}: a replay or a stale event",
+                        reflex_runtime::duration::format(self.max_event_age)
                     ),
                 ));
             }
@@ -246,7 +239,7 @@ impl Router {
         }
         Ok(Self::new(rules, registry, settings.max_hops)
             .with_signing(keys)
-            .with_max_event_age(settings.max_event_age_ms)
+            .with_max_event_age(settings.max_event_age)
             .with_limits(RecordLimits {
                 max_value_bytes: settings.max_value_bytes,
                 max_headers: settings.max_headers,
@@ -475,15 +468,6 @@ pub enum Verdict {
     Dropped { rule: Option<String> },
 }
 
-impl reflex_runtime::worker::WorkerConfig for RouterConfig {
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
-    fn kafka(&self) -> &reflex_runtime::KafkaSettings {
-        &self.kafka
-    }
-}
-
 impl Stage for Router {
     fn name(&self) -> &'static str {
         "router"
@@ -502,17 +486,15 @@ fn undecodable(schema_id: u32, error: &str) -> StageError {
     )
 }
 
-/// Shared pieces for a `main`: the router's config, started and run until `shutdown`.
+/// The router's part of the shared `main`: its config (loaded, checked, Kafka secrets
+/// resolved by [`RouterConfig::load`]), started and run until `shutdown`.
 pub async fn run(
     config: RouterConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let registry = config.registry.client();
-    let router = Router::start(&config.router, registry, &config.kafka.input_topics).await?;
-    // SASL/TLS secrets (`REFLEX_KAFKA_SECRET_*`) join the non-secret `kafka.properties` here.
-    let mut kafka = config.kafka.clone();
-    reflex_core::secrets::apply_kafka_secrets(&mut kafka.properties, std::env::vars())?;
-    reflex_runtime::run(router, &kafka, &config.runtime, shutdown).await?;
+    let router = Router::start(&config.stage, registry, &config.kafka.input_topics).await?;
+    reflex_runtime::run(router, &config.kafka, &config.runtime, shutdown).await?;
     Ok(())
 }
 
@@ -522,7 +504,6 @@ mod tests {
     use bytes::Bytes;
     use reflex_core::Headers;
     use std::path::Path;
-    use std::time::Duration;
 
     const SCHEMA: &str = include_str!("../../../avro/k8s_pod_event.avsc");
 
@@ -713,12 +694,12 @@ mod tests {
 
     #[tokio::test]
     async fn stale_events_and_oversized_records_are_refused() {
-        let r = router(RULES).with_max_event_age(60_000);
+        let r = router(RULES).with_max_event_age(Duration::from_secs(60));
         let mut old = event(5, true);
         old.headers.set(ce::TIME, "2020-01-01T00:00:00Z");
         let err = r.process(&old).await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Unauthorized);
-        assert!(err.message.contains("max_event_age_ms"), "{}", err.message);
+        assert!(err.message.contains("max_event_age"), "{}", err.message);
         let mut fresh = event(5, true);
         fresh.headers.set(ce::TIME, chrono::Utc::now().to_rfc3339());
         assert_eq!(r.process(&fresh).await.unwrap().len(), 2);

@@ -1,8 +1,8 @@
-//! `reflex-router`: the shared worker `main` (config, telemetry, run until SIGTERM).
+//! `reflex-router`: the shared worker `main` (config and secrets, telemetry, run until SIGTERM).
 
 use std::process::ExitCode;
 
-use reflex_router::{RouterConfig, ROUTER_DEFAULTS};
+use reflex_router::RouterConfig;
 use reflex_runtime::worker::Worker;
 
 #[tokio::main]
@@ -10,7 +10,6 @@ async fn main() -> ExitCode {
     Worker {
         name: "reflex-router",
         about: "Routes CloudEvents between Kafka topics by CEL rules.",
-        defaults: ROUTER_DEFAULTS,
         example_config: None,
     }
     .main(|config: RouterConfig, _file, shutdown| async move {

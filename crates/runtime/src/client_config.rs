@@ -1,12 +1,14 @@
 //! librdkafka client settings built from [`KafkaSettings`]: the consumer's group membership
 //! (classic or KIP-848 consumer protocol) and the producer's delivery guarantees.
 
+use std::time::Duration;
+
 use rdkafka::config::ClientConfig;
 
 use crate::config::{AssignmentStrategy, GroupProtocol, KafkaSettings};
 
-/// Session timeout of the classic protocol when `kafka.session_timeout_ms` is unset.
-pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 45_000;
+/// Session timeout of the classic protocol when `kafka.session_timeout` is unset.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// librdkafka properties that the KIP-848 consumer protocol rejects: the broker owns them.
 const BROKER_OWNED_WITH_CONSUMER_PROTOCOL: [&str; 3] = [
@@ -45,15 +47,9 @@ pub fn consumer_config(
         .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set(
-            "auto.commit.interval.ms",
-            kafka.commit_interval_ms.to_string(),
-        )
-        .set("auto.offset.reset", &kafka.auto_offset_reset)
-        .set(
-            "max.poll.interval.ms",
-            kafka.max_poll_interval_ms.to_string(),
-        )
+        .set("auto.commit.interval.ms", millis(kafka.commit_interval))
+        .set("auto.offset.reset", kafka.auto_offset_reset.as_str())
+        .set("max.poll.interval.ms", millis(kafka.max_poll_interval))
         .set(
             "queued.max.messages.kbytes",
             kafka.fetch_queue_kbytes.to_string(),
@@ -68,10 +64,7 @@ pub fn consumer_config(
                 .set("partition.assignment.strategy", strategy.as_str())
                 .set(
                     "session.timeout.ms",
-                    kafka
-                        .session_timeout_ms
-                        .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS)
-                        .to_string(),
+                    millis(kafka.session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT)),
                 );
         }
         GroupProtocol::Consumer => {
@@ -82,9 +75,9 @@ pub fn consumer_config(
                      remove it, or use group_protocol = \"classic\""
                 ),
             };
-            if kafka.session_timeout_ms.is_some() {
+            if kafka.session_timeout.is_some() {
                 return Err(owned(
-                    "kafka.session_timeout_ms",
+                    "kafka.session_timeout",
                     "the session timeout (broker setting group.consumer.session.timeout.ms)",
                 ));
             }
@@ -112,6 +105,11 @@ pub fn consumer_config(
     Ok(config)
 }
 
+/// A duration as librdkafka's `*.ms` properties take it.
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
 /// The producer's settings.
 pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -133,7 +131,7 @@ pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RUNTIME_DEFAULTS;
+    use crate::config::{RENAMED, RUNTIME_DEFAULTS};
     use figment::providers::{Format, Toml};
     use figment::Figment;
 
@@ -180,7 +178,7 @@ mod tests {
     #[test]
     fn consumer_protocol_refuses_the_settings_the_broker_owns() {
         for (extra, named) in [
-            ("session_timeout_ms = 6000", "kafka.session_timeout_ms"),
+            ("session_timeout = \"6s\"", "kafka.session_timeout"),
             (
                 "assignment_strategy = \"range\"",
                 "kafka.assignment_strategy",
@@ -211,5 +209,21 @@ mod tests {
         assert!(err.contains("consumers"), "{err}");
         let err = kafka("[kafka]\nassignment_strategy = \"sticky\"").unwrap_err();
         assert!(err.contains("sticky"), "{err}");
+        let err = kafka("[kafka]\nauto_offset_reset = \"earliset\"").unwrap_err();
+        assert!(
+            err.contains("`earliest`, `latest`") || err.contains("`earliest` or `latest`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_reach_librdkafka_in_milliseconds() {
+        let settings =
+            kafka("[kafka]\ncommit_interval = \"250ms\"\nsession_timeout = \"6s\"").unwrap();
+        let c = consumer_config(&settings, "w").expect("valid");
+        assert_eq!(get(&c, "auto.commit.interval.ms").as_deref(), Some("250"));
+        assert_eq!(get(&c, "session.timeout.ms").as_deref(), Some("6000"));
+        assert_eq!(get(&c, "max.poll.interval.ms").as_deref(), Some("300000"));
+        assert!(RENAMED.contains(&("kafka.commit_interval_ms", "kafka.commit_interval")));
     }
 }

@@ -1,7 +1,8 @@
 //! The runtime every Reflex worker shares: one consume → process → produce → commit loop.
 //!
-//! A worker is a [`Stage`] (a small library tested without a broker) plus a thin `main` that
-//! loads [`config`], calls [`telemetry::init`] and then [`run`]. The loop gives every stage the
+//! A worker is a [`Stage`] (a small library tested without a broker) plus the shared `main`,
+//! [`worker::Worker::main`]: it loads the worker's [`WorkerConfig`] (secrets resolved), calls
+//! [`telemetry::init`] and then the worker's `run`, which ends in [`run`]. The loop gives every stage the
 //! same guarantees:
 //!
 //! - **At least once, never past an unacknowledged output.** An event's offset is stored only
@@ -19,7 +20,7 @@
 //!   so the group session stays alive) and resumes below half of the limit.
 //! - **Failures by class.** Retryable errors ([`reflex_core::ErrorClass::is_retryable`]) retry
 //!   in process with exponential backoff and jitter, up to `runtime.max_attempts` and within
-//!   `runtime.retry_deadline_ms`; the rest, and exhausted retries, go to the `<topic>.dlq`
+//!   `runtime.retry_deadline`; the rest, and exhausted retries, go to the `<topic>.dlq`
 //!   dead-letter topic with the original record and headers describing the failure. Nothing is
 //!   dropped silently. A retryable failure's dead letter carries a not-before time: the
 //!   dead-letter reprocessor delivers it back later (a non-blocking retry), and until then
@@ -31,11 +32,12 @@
 //!   `traceparent` header; every record it produces carries the span's context ([`trace`]).
 //! - **Observable.** `/metrics`, `/healthz` and `/readyz` on `runtime.http_listen` ([`http`]).
 //! - **Graceful drain.** On SIGTERM the loop stops taking events, finishes what is in flight
-//!   within `runtime.drain_grace_ms` (keep it below the session timeout), commits and leaves.
+//!   within `runtime.drain_grace` (keep it below the session timeout), commits and leaves.
 
 pub mod client_config;
 pub mod config;
 pub mod dead_letter;
+pub mod duration;
 pub mod http;
 pub mod offsets;
 pub mod park;
@@ -48,8 +50,9 @@ pub mod trace;
 pub mod worker;
 
 pub use config::{
-    AssignmentStrategy, GroupProtocol, KafkaSettings, RegistrySettings, RuntimeSettings,
-    TelemetrySettings,
+    AssignmentStrategy, AutoOffsetReset, CompatDialect, GroupProtocol, KafkaProperties,
+    KafkaSettings, LogFormat, LogLevel, NoRegistry, RegistrySettings, RuntimeSettings,
+    StageSettings, TelemetrySettings, WorkerConfig,
 };
 pub use run::{headers_of, run, to_kafka_headers, RuntimeError};
 pub use stage::{Event, Output, Stage, StageError};

@@ -76,16 +76,11 @@ pub async fn run<S: Stage>(
     if kafka.input_topics.is_empty() {
         return Err(RuntimeError::NoInputTopics);
     }
-    let compat = runtime
+    let compat: Vec<_> = runtime
         .dead_letter_compat
         .iter()
-        .map(|name| {
-            reflex_core::dead_letter::Dialect::parse(name).ok_or_else(|| RuntimeError::Setting {
-                field: "runtime.dead_letter_compat",
-                message: format!("`{name}` is not a dialect: use spring, connect or streams"),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|d| d.dialect())
+        .collect();
     let worker_id = if runtime.worker_id.is_empty() {
         format!("{}-{}", stage.name(), std::process::id())
     } else {
@@ -101,7 +96,7 @@ pub async fn run<S: Stage>(
             })?;
         info!(http_listen = %addr, "serving /metrics, /healthz and /readyz");
     }
-    if runtime.lag_interval_ms > 0 {
+    if !runtime.lag_interval.is_zero() {
         tokio::spawn(monitor_lag(kafka.clone(), runtime.clone()));
     }
     let rebalances = Arc::new(AtomicU64::new(0));
@@ -336,7 +331,7 @@ pub async fn run<S: Stage>(
     // Drain: stop feeding lanes, let in-flight events finish within the grace period.
     shared.consumer.context().health.set_draining();
     drop(lanes);
-    let deadline = Instant::now() + Duration::from_millis(runtime.drain_grace_ms);
+    let deadline = Instant::now() + runtime.drain_grace;
     while shared.in_flight.load(Ordering::Acquire) > 0 && shared.fatal_error().is_none() {
         let now = Instant::now();
         if now >= deadline {
@@ -432,7 +427,7 @@ impl<S: Stage> Shared<S> {
     }
 
     /// Processes with in-process retries for retryable classes (bounded by `max_attempts` and
-    /// `retry_deadline_ms`); on final failure returns the dead letter and the failure's class
+    /// `retry_deadline`); on final failure returns the dead letter and the failure's class
     /// (a retryable one carries a not-before time for the reprocessor: a non-blocking retry).
     /// `first` is the first attempt's result when the event was already processed in a batch.
     async fn process(
@@ -461,8 +456,7 @@ impl<S: Stage> Shared<S> {
                 Err(error) => error,
             };
             first_failure_ms.get_or_insert_with(now_ms);
-            let within_deadline =
-                started_at.elapsed() < Duration::from_millis(self.runtime.retry_deadline_ms);
+            let within_deadline = started_at.elapsed() < self.runtime.retry_deadline;
             if error.class.is_retryable() && attempt < self.runtime.max_attempts && within_deadline
             {
                 let backoff = backoff(&self.runtime, attempt);
@@ -833,31 +827,30 @@ fn register_metrics(stage: &'static str) {
     metrics::gauge!(m::DELAYED_PARTITIONS, "stage" => stage).set(0.0);
 }
 
-/// Delay before the reprocessor may deliver a failed event again: `redelivery_backoff_ms`
+/// Delay before the reprocessor may deliver a failed event again: `redelivery_backoff`
 /// doubled per earlier redelivery, capped, with jitter.
 fn redelivery_delay(runtime: &RuntimeSettings, headers: &Headers) -> i64 {
     let earlier: u32 = headers
         .get_str(rh::REDELIVERY_ATTEMPT)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let exp = runtime
-        .redelivery_backoff_ms
+    let exp = (runtime.redelivery_backoff.as_millis() as u64)
         .saturating_mul(1u64 << earlier.min(20))
-        .min(runtime.redelivery_max_backoff_ms);
+        .min(runtime.redelivery_max_backoff.as_millis() as u64);
     (exp as f64 * jitter()) as i64
 }
 
-/// Measures this worker's own group lag every `lag_interval_ms` and exports it.
+/// Measures this worker's own group lag every `lag_interval` and exports it.
 async fn monitor_lag(kafka: KafkaSettings, runtime: RuntimeSettings) {
     let thresholds = reflex_lag::Thresholds {
         window: runtime.lag_window,
-        stall_after: Duration::from_millis(runtime.lag_stall_after_ms),
-        stop_after: Duration::from_millis(runtime.lag_stop_after_ms),
+        stall_after: runtime.lag_stall_after,
+        stop_after: runtime.lag_stop_after,
     };
     let mut evaluator = reflex_lag::Evaluator::new(thresholds);
     let mut reader = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(runtime.lag_interval_ms)).await;
+        tokio::time::sleep(runtime.lag_interval).await;
         let (k, r) = (kafka.clone(), reader.take());
         let result = tokio::task::spawn_blocking(move || {
             let mut reader = match r {
@@ -890,10 +883,9 @@ fn lane_of(event: &Event, lanes: usize) -> usize {
 }
 
 fn backoff(runtime: &RuntimeSettings, attempt: u32) -> Duration {
-    let exp = runtime
-        .retry_backoff_ms
+    let exp = (runtime.retry_backoff.as_millis() as u64)
         .saturating_mul(1u64 << (attempt - 1).min(20))
-        .min(runtime.retry_max_backoff_ms);
+        .min(runtime.retry_max_backoff.as_millis() as u64);
     Duration::from_millis((exp as f64 * jitter()) as u64)
 }
 

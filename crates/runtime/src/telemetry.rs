@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::TelemetrySettings;
+use crate::config::{LogFormat, TelemetrySettings};
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
@@ -28,10 +28,11 @@ pub fn init(settings: &TelemetrySettings) {
     // The metrics recorder first: a stage's start-up may already record (e.g. zeroed series).
     let _ = crate::http::prometheus();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},rdkafka=warn", settings.log_level)));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{},rdkafka=warn", settings.log_level.as_str()))
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = if settings.log_format == "text" {
+    let fmt = if settings.log_format == LogFormat::Text {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
             .with_writer(std::io::stderr)

@@ -285,7 +285,11 @@ impl Job {
         ];
         names.extend(self.pack.dead_letter_topics());
         for t in &self.pack.topics {
-            names.push(format!("{}{}", t.name, reflex_core::topics::EXHAUSTED_SUFFIX));
+            names.push(format!(
+                "{}{}",
+                t.name,
+                reflex_core::topics::EXHAUSTED_SUFFIX
+            ));
         }
         let mut seen = HashSet::new();
         names.retain(|n| existing.contains(n) && seen.insert(n.clone()));
