@@ -7,7 +7,8 @@
 //!    pack's dead-letter topics;
 //! 2. publishes the pack's recorded events ([`events`]) at `--rate` for `--duration`, about 1%
 //!    published twice (same ce_id: the actor must suppress them) and 0.2% poison values;
-//! 3. shows a live view every second from each worker's `/metrics` ([`view`]);
+//! 3. every second reads each worker's `/metrics` and prints `reflexctl top`'s frame of the
+//!    fleet with the job's own lines below ([`view`]);
 //! 4. when the time is up (or on Ctrl-C) stops publishing, waits until every group has committed
 //!    everything (a second Ctrl-C stops waiting), SIGTERMs the workers (they drain and exit 0),
 //!    reads the outcome, held and dead-letter topics and the target's record of requests,
@@ -22,7 +23,6 @@ pub mod events;
 pub mod view;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,7 +42,8 @@ use reflex_bench::worker_config::WorkerSettings;
 use reflex_core::actions::{ActionOutcome, AvroCodec};
 use reflex_core::headers::{ce, reflex as rh};
 use reflex_core::registry::RegistryClient;
-use reflexctl::prom::{self, Samples};
+use reflexctl::prom::Samples;
+use reflexctl::top;
 
 use check::{fmt, Evidence, Exit, Seen, Verdict};
 use events::{Generator, Planned};
@@ -141,9 +142,8 @@ pub struct Slot {
     pub stage: String,
     pub replica: usize,
     pub proc: Proc,
+    /// Its latest `/metrics`, for the checks and the fault suite.
     pub metrics: Samples,
-    pub before: Option<(Samples, Duration)>,
-    scraped_at: Option<Instant>,
     /// Stopped on purpose (a fault, a scale-down): its exit is not a failure by itself.
     pub expected_exit: bool,
     pub killed: bool,
@@ -394,8 +394,6 @@ impl Job {
             replica,
             proc,
             metrics: Samples::default(),
-            before: None,
-            scraped_at: None,
             expected_exit: false,
             killed: false,
             figures: None,
@@ -544,45 +542,27 @@ impl Job {
             .collect()
     }
 
-    /// Scrapes every live worker's /metrics (a worker that is starting or stopping keeps its
-    /// last scrape).
-    pub async fn scrape(&self) {
-        let addrs: Vec<(String, Option<String>)> = {
+    /// Reads every live worker's /metrics with `reflexctl top`'s reader: the readings feed the
+    /// live view, and each slot keeps its latest samples (a worker that is starting or stopping
+    /// keeps the ones before).
+    pub async fn scrape(&self) -> Vec<top::Reading> {
+        let (keys, sources): (Vec<String>, Vec<top::Source>) = {
             let mut fleet = self.fleet.lock().await;
             fleet
                 .slots
                 .iter_mut()
-                .map(|s| (s.key.clone(), s.proc.http_addr()))
-                .collect()
+                .filter_map(|s| Some((s.key.clone(), top::Source::metrics(&s.proc.http_addr()?))))
+                .unzip()
         };
-        let scrapes = futures::future::join_all(addrs.into_iter().map(|(key, addr)| {
-            let http = self.http.clone();
-            async move {
-                let samples = match addr {
-                    Some(a) => prom::scrape(
-                        &http,
-                        &format!("http://{a}/metrics"),
-                        Duration::from_secs(2),
-                    )
-                    .await
-                    .ok(),
-                    None => None,
-                };
-                (key, samples)
-            }
-        }))
-        .await;
+        let readings = top::read_all(&self.http, &sources, Duration::from_secs(2)).await;
         let mut fleet = self.fleet.lock().await;
-        let now = Instant::now();
-        for (key, samples) in scrapes {
-            let (Some(samples), Some(i)) = (samples, fleet.index(&key)) else {
-                continue;
-            };
-            let s = &mut fleet.slots[i];
-            let before = std::mem::replace(&mut s.metrics, samples);
-            s.before = s.scraped_at.map(|t| (before, now - t));
-            s.scraped_at = Some(now);
+        // A `/metrics` source gives one reading, in the sources' order.
+        for (key, reading) in keys.iter().zip(&readings) {
+            if let (Ok(samples), Some(i)) = (&reading.result, fleet.index(key)) {
+                fleet.slots[i].metrics = samples.clone();
+            }
         }
+        readings
     }
 
     /// Uncommitted records per stage (replicas share their group).
@@ -614,90 +594,34 @@ impl Job {
 
     // -- the run
 
-    fn view(&self, fleet: &mut Fleet) -> String {
-        let p = self.generator().map(|g| g.published.clone());
-        let elapsed = p
-            .as_ref()
-            .and_then(|p| p.started.get())
-            .map(|s| s.elapsed().as_secs_f64())
-            .unwrap_or(0.0);
-        let (sent, acked, errors) = p
-            .as_ref()
-            .map(|p| {
-                (
-                    p.sent.load(Ordering::Relaxed),
-                    p.acked_total(),
-                    p.errors.load(Ordering::Relaxed),
-                )
-            })
-            .unwrap_or_default();
-        let rows = fleet
-            .slots
-            .iter_mut()
-            .map(|s| {
-                let state = match s.proc.exit_status() {
-                    None => "up".to_string(),
-                    Some(st) => format!("exited {}", describe(Some(st))),
-                };
-                view::Row {
-                    name: &s.key,
-                    now: &s.metrics,
-                    before: s.before.as_ref().map(|(b, dt)| (b, *dt)),
-                    state,
-                }
-            })
-            .collect();
-        view::render(&view::View {
-            title: format!(
-                "Reflex main job · pack {} · run {} · {:.0}/{:.0} s · target {} events/s · state {}",
-                self.pack.dir.display(),
-                self.run_id,
-                elapsed.min(self.args.duration),
-                self.args.duration,
-                self.args.rate,
-                self.state.lock().unwrap()
-            ),
-            status: format!(
-                "published {} (acked {}, errors {errors})  ·  {}",
-                fmt(sent),
-                fmt(acked),
-                if self.stopping.load(Ordering::Relaxed) {
-                    "stopping: waiting for the pipeline to drain (Ctrl-C again: stop waiting)"
-                } else {
-                    "Ctrl-C: stop, drain and check"
-                }
-            ),
-            rows,
-        })
-    }
-
-    /// A one-line progress report for logs (stdout is not a terminal).
-    fn progress_line(&self, fleet: &Fleet) -> String {
-        let sum = |stage: &str, name: &str| -> u64 {
-            fleet
-                .slots
-                .iter()
-                .filter(|s| s.stage == stage)
-                .map(|s| s.metrics.total(name, &[]) as u64)
-                .sum()
+    /// The view's lines only the job knows: publishing and the target's requests.
+    fn progress(&self) -> view::Progress {
+        let target = self.target().map(|t| t.stats()).unwrap_or_default();
+        let mut progress = view::Progress {
+            duration_s: self.args.duration,
+            rate: self.args.rate,
+            requests: target.requests,
+            keys: target.keys,
+            repeated_keys: target.repeated_keys,
+            ..Default::default()
         };
-        let lag: u64 = fleet
-            .slots
-            .iter()
-            .map(|s| s.metrics.total(reflex_lag::GROUP_SUM_LAG, &[]) as u64)
-            .sum();
-        let sent = self
-            .generator()
-            .map(|g| g.published.sent.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        format!(
-            "[main-job] published {} · router in {} · actor in {} · actions {} · lag {}",
-            fmt(sent),
-            fmt(sum("router", "reflex_events_in_total")),
-            fmt(sum("actor", "reflex_events_in_total")),
-            fmt(sum("actor", "reflex_actions_total")),
-            fmt(lag)
-        )
+        if let Some(g) = self.generator() {
+            let p = &g.published;
+            if let Some(started) = p.started.get() {
+                progress.publishing_s = match p.ended.get() {
+                    Some(ended) => (*ended - *started).as_secs_f64(),
+                    None => started.elapsed().as_secs_f64(),
+                };
+            }
+            if self.stopping.load(Ordering::Relaxed) {
+                progress.draining_s =
+                    Some(p.ended.get().map_or(0.0, |e| e.elapsed().as_secs_f64()));
+            }
+            progress.sent = p.sent.load(Ordering::Relaxed);
+            progress.acked = p.acked_total();
+            progress.errors = p.errors.load(Ordering::Relaxed);
+        }
+        progress
     }
 
     /// Runs the job; `fault` (the fault suite's) runs alongside the load. Returns the exit
@@ -758,21 +682,17 @@ impl Job {
         };
         self.started.notify_waiters();
 
-        let tty = std::io::stdout().is_terminal();
-        let mut last_line: Option<Instant> = None;
+        let mut tracker = top::Tracker::default();
+        let mut last_frame: Option<Instant> = None;
         let mut settled = 0;
         let mut settle_deadline: Option<Instant> = None;
         loop {
             tokio::time::sleep(self.interval()).await;
-            self.scrape().await;
-            {
-                let mut fleet = self.fleet.lock().await;
-                if tty {
-                    print!("\x1b[H\x1b[2J{}", self.view(&mut fleet));
-                } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                    last_line = Some(Instant::now());
-                    println!("{}", self.progress_line(&fleet));
-                }
+            let seen = tracker.observe(self.scrape().await);
+            // The fault suite supervises every 500 ms; a frame a second is enough to read.
+            if last_frame.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_frame = Some(Instant::now());
+                print!("{}", view::frame(&seen, &self.progress()));
             }
             if let Some(dead) = self.exited_unexpectedly().await {
                 if !self.options.supervise {
@@ -815,11 +735,8 @@ impl Job {
         }
         publishing.abort();
         generator.settle().await;
-        self.scrape().await;
-        if tty {
-            let mut fleet = self.fleet.lock().await;
-            println!("\x1b[H\x1b[2J{}", self.view(&mut fleet));
-        }
+        let seen = tracker.observe(self.scrape().await);
+        print!("{}", view::frame(&seen, &self.progress()));
         let dropped_by_workers = {
             let fleet = self.fleet.lock().await;
             fleet

@@ -1,166 +1,164 @@
-//! The main job's live view, drawn once a second from each worker's `/metrics`.
+//! The main job's live view: `reflexctl top`'s frame of the workers ([`reflexctl::top`]; its
+//! drawing is tested there), then the lines only the main job knows ([`job_lines`]).
 //!
-//! [`render`] is the only function that draws it: when `reflexctl top` (its `Fleet` and
-//! `render_text`) lands, this is the one place to switch to its renderer.
+//! Frames are plain text, each followed by a blank line, so the view reads the same on a
+//! terminal and in a log file.
 
-use std::fmt::Write as _;
-use std::time::Duration;
-
-use reflexctl::prom::Samples;
+use reflexctl::top::{render_text, Fleet};
 
 use super::check::fmt;
 
-/// One worker process as the view shows it.
-pub struct Row<'a> {
-    pub name: &'a str,
-    pub now: &'a Samples,
-    /// The scrape before, and the time between the two (for per-second rates).
-    pub before: Option<(&'a Samples, Duration)>,
-    /// `up`, or how it exited.
-    pub state: String,
+pub const WIDTH: u16 = 80;
+/// `reflexctl top`'s frame down to its kill-switch line, without the workers box: the job
+/// logs a worker that exits, and its stage row shows it down.
+pub const TOP_HEIGHT: u16 = 18;
+
+/// What only the main job knows, at one instant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Seconds publishing so far (it stops growing when publishing ends), and `--duration`.
+    pub publishing_s: f64,
+    pub duration_s: f64,
+    /// Seconds since publishing ended, once the job waits for the pipeline to drain.
+    pub draining_s: Option<f64>,
+    /// Events published (twice-published ones count twice), acknowledged, failed; `--rate`.
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub rate: f64,
+    /// The fake target API's requests, distinct keys, and keys requested more than once.
+    pub requests: u64,
+    pub keys: u64,
+    pub repeated_keys: u64,
 }
 
-/// What the view shows.
-pub struct View<'a> {
-    pub title: String,
-    /// Publishing and the hint line (Ctrl-C, draining).
-    pub status: String,
-    pub rows: Vec<Row<'a>>,
-}
-
-pub fn render(v: &View) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{}", v.title);
-    let _ = writeln!(out, "{}", v.status);
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "{:<14}{:>8}{:>8}{:>10}{:>10}{:>9}{:>7}{:>8}{:>10}  status",
-        "stage", "in/s", "out/s", "in", "out", "dropped", "dead", "lag", "in-flight"
-    );
-    let total = |s: &Samples, name: &str| s.total(name, &[]).max(0.0) as u64;
-    for r in &v.rows {
-        let rate = |name: &str| match r.before {
-            Some((b, dt)) if dt.as_secs_f64() > 0.0 => {
-                ((r.now.total(name, &[]) - b.total(name, &[])) / dt.as_secs_f64()).max(0.0)
-            }
-            _ => 0.0,
-        };
-        let status: Vec<String> = r
-            .now
-            .by_label("reflex_consumergroup_status", "status")
-            .into_iter()
-            .filter(|(_, v)| *v > 0.0)
-            .map(|(s, _)| s)
-            .collect();
-        let _ = writeln!(
-            out,
-            "{:<14}{:>8.0}{:>8.0}{:>10}{:>10}{:>9}{:>7}{:>8}{:>10}  {} ({})",
-            r.name,
-            rate("reflex_events_in_total"),
-            rate("reflex_events_out_total"),
-            fmt(total(r.now, "reflex_events_in_total")),
-            fmt(total(r.now, "reflex_events_out_total")),
-            fmt(total(r.now, "reflex_events_dropped_total")),
-            fmt(total(r.now, "reflex_dead_letters_total")),
-            fmt(total(r.now, reflex_lag::GROUP_SUM_LAG)),
-            fmt(total(r.now, "reflex_in_flight_events")),
-            if status.is_empty() {
-                "-".to_string()
-            } else {
-                status.join(",")
-            },
-            r.state
-        );
-    }
-    // Actions, summed over the actor replicas.
-    let mut actor = Samples::default();
-    for r in v.rows.iter().filter(|r| r.name.starts_with("actor")) {
-        actor.extend(r.now.clone());
-    }
-    let _ = writeln!(out);
-    let mut by_action: std::collections::BTreeMap<String, Vec<(String, f64)>> = Default::default();
-    for s in actor.0.iter().filter(|s| s.name == "reflex_actions_total") {
-        by_action
-            .entry(s.label("action").unwrap_or("?").to_string())
-            .or_default()
-            .push((s.label("result").unwrap_or("?").to_string(), s.value));
-    }
-    for (action, results) in &by_action {
-        let n = |what: &str| {
-            results
-                .iter()
-                .filter(|(r, _)| r == what)
-                .map(|(_, v)| *v)
-                .sum::<f64>() as u64
-        };
-        let _ = writeln!(
-            out,
-            "action {action:<14} done {:>7}  suppressed (dedup) {:>5}  failed {:>5}  held {:>7}  rate-limited {:>6}",
-            fmt(n("succeeded")),
-            fmt(n("duplicate_suppressed")),
-            fmt(n("failed")),
-            fmt(n("held")),
-            fmt(actor.total("reflex_rate_limited_total", &[("action", action)]) as u64),
-        );
-    }
-    let breakers: Vec<String> = actor
-        .by_label("reflex_breaker_state", "target")
-        .into_iter()
-        .map(|(t, v)| {
-            let state = match v as i64 {
-                0 => "closed",
-                1 => "half-open",
-                _ => "OPEN",
-            };
-            format!("{t}: {state}")
-        })
-        .collect();
-    let _ = writeln!(
-        out,
-        "breakers {}  ·  kill switch {}",
-        if breakers.is_empty() {
-            "all closed (no target failed yet)".to_string()
-        } else {
-            breakers.join(", ")
-        },
-        if actor.total("reflex_kill_switch_on", &[]) > 0.0 {
-            "ON"
-        } else {
-            "off"
-        }
-    );
+/// One frame: the fleet as `reflexctl top` draws it, then [`job_lines`], then a blank line.
+pub fn frame(fleet: &Fleet, p: &Progress) -> String {
+    let mut out = render_text(fleet, WIDTH, TOP_HEIGHT);
+    out.push_str(&job_lines(p));
+    out.push('\n');
     out
+}
+
+/// Publishing time, what was published and how fast, the target's requests.
+pub fn job_lines(p: &Progress) -> String {
+    let phase = match p.draining_s {
+        None => format!(
+            "publishing {:.0}/{:.0} s │ Ctrl-C: stop, drain and check",
+            p.publishing_s, p.duration_s
+        ),
+        Some(d) => format!(
+            "published {:.0} s, draining {d:.0} s │ Ctrl-C again: stop waiting",
+            p.publishing_s
+        ),
+    };
+    let per_second = if p.publishing_s > 0.0 {
+        p.sent as f64 / p.publishing_s
+    } else {
+        0.0
+    };
+    format!(
+        "main job │ {phase}\n\
+         published {} at {per_second:.0}/s (target {:.0}/s) │ acked {} │ publish errors {}\n\
+         target API {} requests │ {} keys │ {} repeated\n",
+        fmt(p.sent),
+        p.rate,
+        fmt(p.acked),
+        fmt(p.errors),
+        fmt(p.requests),
+        fmt(p.keys),
+        fmt(p.repeated_keys),
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use reflexctl::prom::Samples;
+    use reflexctl::top::{Reading, Tracker};
+
     use super::*;
 
+    fn progress() -> Progress {
+        Progress {
+            publishing_s: 12.4,
+            duration_s: 15.0,
+            draining_s: None,
+            sent: 2_480,
+            acked: 2_478,
+            errors: 2,
+            rate: 200.0,
+            requests: 1_204,
+            keys: 1_201,
+            repeated_keys: 3,
+        }
+    }
+
     #[test]
-    fn shows_rates_totals_actions_and_breakers() {
-        let before = Samples::parse("reflex_events_in_total{stage=\"actor\"} 100\n");
-        let now = Samples::parse(
-            "reflex_events_in_total{stage=\"actor\"} 300\n\
-             reflex_actions_total{action=\"restart-pod\",result=\"succeeded\"} 3\n\
-             reflex_actions_total{action=\"restart-pod\",result=\"held\"} 1200\n\
-             reflex_breaker_state{target=\"127.0.0.1:18080\"} 2\n",
+    fn job_lines_show_publishing_the_target_and_the_phase() {
+        let text = job_lines(&progress());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "main job │ publishing 12/15 s │ Ctrl-C: stop, drain and check",
+                "published 2,480 at 200/s (target 200/s) │ acked 2,478 │ publish errors 2",
+                "target API 1,204 requests │ 1,201 keys │ 3 repeated",
+            ]
         );
-        let text = render(&View {
-            title: "t".into(),
-            status: "s".into(),
-            rows: vec![Row {
-                name: "actor",
-                now: &now,
-                before: Some((&before, Duration::from_secs(2))),
-                state: "up".into(),
-            }],
-        });
-        let actor_line = text.lines().find(|l| l.starts_with("actor ")).unwrap();
-        assert!(actor_line.contains(" 100 "), "{text}");
-        assert!(actor_line.contains("300"), "{text}");
-        assert!(text.contains("done       3"), "{text}");
-        assert!(text.contains("held   1,200"), "{text}");
-        assert!(text.contains("127.0.0.1:18080: OPEN"), "{text}");
+        for line in lines {
+            assert!(line.chars().count() <= WIDTH as usize, "{line}");
+        }
+    }
+
+    #[test]
+    fn draining_keeps_the_publishing_rate_and_names_the_second_ctrl_c() {
+        let p = Progress {
+            publishing_s: 15.0,
+            sent: 3_000,
+            draining_s: Some(7.6),
+            ..progress()
+        };
+        let text = job_lines(&p);
+        assert!(
+            text.starts_with("main job │ published 15 s, draining 8 s │ Ctrl-C again"),
+            "{text}"
+        );
+        assert!(text.contains("published 3,000 at 200/s"), "{text}");
+    }
+
+    #[test]
+    fn no_rate_before_publishing_starts() {
+        let p = Progress {
+            publishing_s: 0.0,
+            sent: 0,
+            ..progress()
+        };
+        assert!(job_lines(&p).contains("published 0 at 0/s (target 200/s)"));
+    }
+
+    /// The main job's four workers, one reading each.
+    fn fleet() -> Fleet {
+        let reading = |stage: &str| Reading {
+            worker: format!("http://{stage}/metrics"),
+            result: Ok(Samples::parse(&format!(
+                "{}{{stage=\"{stage}\"}} 10\n",
+                reflex_core::metrics::EVENTS_IN
+            ))),
+            at_ms: 1,
+        };
+        Tracker::default().observe(reflexctl::top::STAGES.map(reading).to_vec())
+    }
+
+    #[test]
+    fn a_frame_is_top_down_to_the_kill_switch_then_the_job_lines() {
+        let (fleet, p) = (fleet(), progress());
+        let text = frame(&fleet, &p);
+        let top = render_text(&fleet, WIDTH, TOP_HEIGHT);
+        assert_eq!(text, format!("{top}{}\n", job_lines(&p)));
+        let lines: Vec<&str> = top.lines().collect();
+        assert!(lines[0].starts_with("reflex top │ 4/4 workers up"), "{top}");
+        assert!(lines[6].starts_with("│ reprocessor 1/1"), "{top}");
+        assert_eq!(lines.last(), Some(&" kill switch - (no actor)"), "{top}");
+        assert!(text.ends_with("repeated\n\n"), "{text}");
     }
 }

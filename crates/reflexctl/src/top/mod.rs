@@ -1,7 +1,7 @@
 //! `reflexctl top`: a live terminal view of any running fleet, from its workers' `/metrics` or
 //! a Prometheus server.
 //!
-//! Three layers, each usable alone (the main job's live view uses the last two):
+//! Three layers, each usable alone (the main job's live view uses all three):
 //!
 //! - reading: a [`Source`] (a worker's `/metrics`, or a Prometheus server through
 //!   `/federate`) gives one [`Reading`] per worker, parsed with [`crate::prom`];
