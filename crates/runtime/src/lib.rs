@@ -33,13 +33,22 @@
 //! - **Graceful drain.** On SIGTERM the loop stops taking events, finishes what is in flight
 //!   within `runtime.drain_grace_ms` (keep it below the session timeout), commits and leaves.
 
+mod broker;
 pub mod client_config;
 pub mod config;
 pub mod dead_letter;
 pub mod http;
+mod kafka;
+mod lag;
+mod lanes;
+mod loop_metrics;
 pub mod offsets;
 pub mod park;
+mod pause;
+pub mod record;
+pub mod retry;
 mod run;
+mod settle;
 pub mod shutdown;
 pub mod stage;
 pub mod telemetry;
@@ -50,5 +59,7 @@ pub use config::{
     AssignmentStrategy, GroupProtocol, KafkaSettings, RegistrySettings, RuntimeSettings,
     TelemetrySettings,
 };
-pub use run::{headers_of, run, to_kafka_headers, RuntimeError};
+pub use record::{headers_of, to_kafka_headers};
+pub use retry::{Backoff, RetryPolicy};
+pub use run::{run, RuntimeError};
 pub use stage::{Event, Output, Stage, StageError};
