@@ -42,6 +42,10 @@ mod kafka;
 mod lag;
 mod lanes;
 mod loop_metrics;
+#[cfg(test)]
+mod loop_tests;
+#[cfg(test)]
+mod memory;
 pub mod offsets;
 pub mod park;
 mod pause;
