@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
@@ -215,6 +216,11 @@ pub(crate) struct MemoryConsumer(pub Arc<MemoryBroker>);
 impl Consumer for MemoryConsumer {
     async fn recv(&self) -> Result<Event, ConsumeError> {
         loop {
+            // A fetch takes (virtual) time, as on a real broker: a loop that re-reads one
+            // record forever lets the test's clock run, so the test fails instead of hanging.
+            // Before taking the record, never after: the loop drops this future when another
+            // branch wins, and a dropped `recv` must not lose a record (as rdkafka's).
+            tokio::time::sleep(Duration::from_millis(1)).await;
             if let Some(event) = self.0.next_record() {
                 return Ok(event);
             }
