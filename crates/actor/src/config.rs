@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use reflex_core::template::{is_json_content_type, Escape, Templates};
-use reflex_runtime::{KafkaSettings, RegistrySettings, RuntimeSettings, TelemetrySettings};
+use reflex_runtime::{
+    Backoff, KafkaSettings, RegistrySettings, RetryPolicy, RuntimeSettings, TelemetrySettings,
+};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -249,6 +251,9 @@ pub struct Action {
     pub settings: ActionSettings,
     pub kind: Kind,
     pub timeout: Duration,
+    /// Attempts and backoff of transient failures, from `max_attempts`, `backoff_ms` and
+    /// `max_backoff_ms`.
+    pub retry: RetryPolicy,
 }
 
 impl Action {
@@ -405,6 +410,13 @@ pub fn compile(
             settings: a.clone(),
             kind,
             timeout: Duration::from_millis(a.timeout_ms.max(1)),
+            retry: RetryPolicy::in_place(
+                a.max_attempts,
+                Backoff {
+                    first: Duration::from_millis(a.backoff_ms),
+                    max: Duration::from_millis(a.max_backoff_ms),
+                },
+            ),
         });
     }
     Ok((out, templates))
