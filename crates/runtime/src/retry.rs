@@ -291,7 +291,7 @@ mod tests {
         );
         let no_deadline = RetryPolicy::in_place(3, p.backoff);
         assert!(no_deadline
-            .retry_after(ErrorClass::Transient, 2, 3600_000 * MS)
+            .retry_after(ErrorClass::Transient, 2, Duration::from_secs(3600))
             .is_some());
     }
 
