@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use reflex_core::template::{is_json_content_type, Escape, Templates};
-use reflex_runtime::{RegistrySettings, StageSettings};
+use reflex_runtime::{Backoff, RegistrySettings, RetryPolicy, StageSettings};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -287,6 +287,9 @@ pub struct Action {
     pub settings: ActionSettings,
     pub kind: Kind,
     pub timeout: Duration,
+    /// Attempts and backoff of transient failures, from `max_attempts`, `backoff_ms` and
+    /// `max_backoff_ms`.
+    pub retry: RetryPolicy,
 }
 
 impl Action {
@@ -443,6 +446,13 @@ pub fn compile(
             settings: a.clone(),
             kind,
             timeout: a.timeout.max(Duration::from_millis(1)),
+            retry: RetryPolicy::in_place(
+                a.max_attempts,
+                Backoff {
+                    first: a.backoff,
+                    max: a.max_backoff,
+                },
+            ),
         });
     }
     Ok((out, templates))

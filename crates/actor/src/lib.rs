@@ -34,8 +34,8 @@
 //! line at start-up saying it is neither shared nor durable.
 //!
 //! **Attempts and outcomes.** Transient HTTP failures (5xx, 408, 425, 429, timeouts, connection
-//! errors) are retried inside the stage with backoff up to the action's `max_attempts`; other
-//! 4xx are permanent and not retried. Every attempt yields one outcome; the last one carries the
+//! errors) are retried inside the stage up to the action's `max_attempts`, with the runtime's
+//! backoff and jitter ([`reflex_runtime::RetryPolicy`]); other 4xx are permanent and not retried. Every attempt yields one outcome; the last one carries the
 //! header `reflex-final: true`. A failed action ends with a `FAILED` final outcome (its
 //! `error_class` is `transient` or `permanent`) and the event is dead-lettered with that class:
 //! a permanent failure waits for `reflexctl dlq replay`, a transient one is delivered again by
@@ -872,8 +872,7 @@ impl Actor {
         };
         let breaker_key = Self::breaker_key(req, url);
         let cooldown = s.breaker_cooldown;
-        let max_attempts = s.max_attempts.max(1);
-        for attempt in 1..=max_attempts {
+        for attempt in 1..=action.retry.max_attempts {
             // Guards, in order; the kill switch is checked again right before the effect.
             let _permit = loop {
                 self.wait_kill_switch(name).await;
@@ -942,7 +941,12 @@ impl Actor {
                     .with_outputs(outputs));
                 }
                 Effect::Transient(status, error) => {
-                    let last = attempt == max_attempts;
+                    let retry_in = action.retry.retry_after(
+                        ErrorClass::Transient,
+                        attempt,
+                        c.started.1.elapsed(),
+                    );
+                    let last = retry_in.is_none();
                     let mut o = self.outcome(req, ActionResult::Failed, attempt, attempt_started);
                     o.status_code = status;
                     o.error_class = Some(ErrorClass::Transient.as_str().into());
@@ -952,7 +956,7 @@ impl Actor {
                         error.clone()
                     });
                     outputs.push(self.outcome_output(&o, event, last)?);
-                    if last {
+                    let Some(backoff) = retry_in else {
                         warn!(action = %name, idempotency_key = %key, attempts = attempt, error = %error, "action failed: attempts exhausted");
                         let _ = self.store.release(key, owner).await;
                         // Transient: the runtime dead-letters it with a not-before time and the
@@ -961,11 +965,7 @@ impl Actor {
                             "action {name}: {error} (gave up after {attempt} attempts)"
                         ))
                         .with_outputs(outputs));
-                    }
-                    let backoff = s
-                        .backoff
-                        .saturating_mul(1 << (attempt - 1).min(16))
-                        .min(s.max_backoff);
+                    };
                     debug!(action = %name, idempotency_key = %key, attempt, error = %error, backoff_ms = backoff.as_millis() as u64, "attempt failed: retrying");
                     tokio::time::sleep(backoff).await;
                 }

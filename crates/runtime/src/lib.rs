@@ -33,16 +33,48 @@
 //! - **Observable.** `/metrics`, `/healthz` and `/readyz` on `runtime.http_listen` ([`http`]).
 //! - **Graceful drain.** On SIGTERM the loop stops taking events, finishes what is in flight
 //!   within `runtime.drain_grace` (keep it below the session timeout), commits and leaves.
+//!   A failed delivery or a panicking lane (a stage bug) stops it with an error instead
+//!   ([`RuntimeError`]), without the final commit: nothing past an unfinished event is stored.
+//!
+//! # Where the loop lives
+//!
+//! - `run` — set-up ([`run`]) and the loop: poll, hand events to lanes, pause, resume, drain.
+//! - `broker` — the `Consumer` and `Producer` traits the loop is generic over; `kafka` — their
+//!   rdkafka implementations and the rebalance context.
+//! - [`record`] — Kafka record → [`Event`], [`headers_of`], [`to_kafka_headers`].
+//! - `pause` — backpressure and delayed partitions, as small state the loop consults.
+//! - `lanes` — key lanes and batches, parking decisions and enqueueing per event.
+//! - [`retry`] — [`RetryPolicy`] (the fleet's one backoff with jitter) and processing with
+//!   retries ending in a dead letter ([`dead_letter`]).
+//! - `settle` — acks → stored offsets ([`offsets`]); `Membership` forgets revoked partitions.
+//! - [`client_config`], `lag` (own-group lag), `loop_metrics`, [`http`].
+//!
+//! The loop's tests (`loop_tests`) run it in process on in-memory doubles of the traits
+//! (`memory`) with tokio's clock paused; `tests/` at the repository root runs the workers on a
+//! real broker.
 
+mod broker;
 pub mod client_config;
 pub mod config;
 pub mod dead_letter;
 pub mod duration;
 pub mod http;
+mod kafka;
+mod lag;
+mod lanes;
+mod loop_metrics;
+#[cfg(test)]
+mod loop_tests;
+#[cfg(test)]
+mod memory;
 pub mod offsets;
 pub mod park;
+mod pause;
 pub mod preflight;
+pub mod record;
+pub mod retry;
 mod run;
+mod settle;
 pub mod shutdown;
 pub mod stage;
 pub mod telemetry;
@@ -54,5 +86,7 @@ pub use config::{
     KafkaSettings, LogFormat, LogLevel, NoRegistry, RegistrySettings, RuntimeSettings,
     StageSettings, TelemetrySettings, WorkerConfig,
 };
-pub use run::{headers_of, run, to_kafka_headers, RuntimeError};
+pub use record::{headers_of, to_kafka_headers};
+pub use retry::{Backoff, RetryPolicy};
+pub use run::{run, RuntimeError};
 pub use stage::{Event, Output, Stage, StageError};
