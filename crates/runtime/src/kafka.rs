@@ -199,11 +199,24 @@ impl Producer for KafkaProducer {
                 Err((e, _)) => {
                     return Err(ProduceError::Rejected {
                         topic: output.topic.clone(),
-                        message: e.to_string(),
+                        message: rejection(&e, &output.topic),
                     })
                 }
             }
         }
+    }
+}
+
+/// Why the broker refused a record; a missing ACL names the right to grant, since the worker
+/// stops on it and an operator reads this first.
+fn rejection(error: &KafkaError, topic: &str) -> String {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => format!(
+            "{error}: this worker's principal may not Write to topic {topic}: grant it that ACL \
+             (ops/security/kafka-acls.toml lists every worker's rights; `reflexctl acls apply` \
+             applies them)"
+        ),
+        _ => error.to_string(),
     }
 }
 
@@ -218,7 +231,7 @@ impl Future for KafkaDelivery {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, record))) => Err(ProduceError::Rejected {
                 topic: record.topic().to_string(),
-                message: e.to_string(),
+                message: rejection(&e, record.topic()),
             }),
             Err(_) => Err(ProduceError::Dropped),
         })

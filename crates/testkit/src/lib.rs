@@ -313,6 +313,11 @@ impl ChildGuard {
         assert!(status.success(), "kill -{signal} {}", self.name);
     }
 
+    /// Its exit status if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Waits for the process to exit; returns its exit code (None when killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
