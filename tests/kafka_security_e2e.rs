@@ -384,6 +384,13 @@ async fn every_worker_and_reflexctl_work_through_sasl_ssl_and_mutual_tls_with_th
         "publish: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // One `topic/partition@offset ce_id` line per event, in input order.
+    let published = String::from_utf8_lossy(&out.stdout).to_string();
+    let event_ids: Vec<String> = published
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    assert_eq!(event_ids.len(), lines.len(), "{published}");
 
     // Every crash loop reaches the target once, through both routers, the enricher and the actor.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -435,10 +442,10 @@ async fn every_worker_and_reflexctl_work_through_sasl_ssl_and_mutual_tls_with_th
         "tail: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for pod in &pods {
+    for id in &event_ids[..pods.len()] {
         assert!(
-            tailed.contains(pod.as_str()),
-            "outcome of {pod} not tailed:\n{tailed}"
+            tailed.contains(&format!("\"event_id\":\"{id}\"")),
+            "outcome of event {id} not tailed:\n{tailed}"
         );
     }
     let out = reflexctl_operator(&stack, &["lag", "--group", "reflex-router"], None);

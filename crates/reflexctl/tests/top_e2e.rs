@@ -139,7 +139,7 @@ async fn top_once_shows_what_the_workers_metrics_say() {
         ],
     )
     .await;
-    let lag_often = [("REFLEX_RUNTIME__LAG_INTERVAL_MS", "300")];
+    let lag_often = [("REFLEX_RUNTIME__LAG_INTERVAL", "300ms")];
 
     // A router: five events and one poison record now, more between top's scrapes.
     let schema_id = register_pod_schema(&stack, &events).await;
@@ -179,7 +179,7 @@ async fn top_once_shows_what_the_workers_metrics_say() {
         &outcomes,
         &held,
         addr,
-        "breaker_failures = 2\nbreaker_cooldown_ms = 600000\n",
+        "breaker_failures = 2\nbreaker_cooldown = \"10m\"\n",
     );
     let codec = action_request_codec(&stack, &requests).await;
     let batch: Vec<_> = ["gw-a", "gw-b", "gw-c", "gw-a", "gw-bad", "gw-bad"]
