@@ -38,6 +38,17 @@ pub mod reflex {
     /// Router rules that handled this automation chain so far, comma-separated in order: a
     /// chain that comes back to a rule it already went through is a loop (dead-lettered).
     pub const RULES_VISITED: &str = "reflex-rules-visited";
+    /// On a stateful rule's firing: the group it fired for (the rule's `group_by` value).
+    pub const GROUP: &str = "reflex-group";
+    /// On a firing: the window's bounds in event time, RFC 3339 (`[start, end)`).
+    pub const WINDOW_START: &str = "reflex-window-start";
+    pub const WINDOW_END: &str = "reflex-window-end";
+    /// On a firing: how many events the window counted when it fired.
+    pub const WINDOW_EVENTS: &str = "reflex-window-events";
+    /// On a firing: `ce_id`s of the events that fed it, comma-separated (the first 20).
+    pub const FED_BY: &str = "reflex-fed-by";
+    /// On a firing: `event` (an event completed the window) or `timer` (a deadline passed).
+    pub const FIRED_BY: &str = "reflex-fired-by";
     /// Error class of a dead letter (see [`crate::ErrorClass`]).
     pub const ERROR_CLASS: &str = "reflex-error-class";
     pub const ERROR_MESSAGE: &str = "reflex-error-message";

@@ -13,6 +13,11 @@ pub const DEAD_LETTERS: &str = "reflex_dead_letters_total";
 pub const RETRIES: &str = "reflex_retries_total";
 /// Rule matches. Labels: `rule`.
 pub const RULE_MATCHES: &str = "reflex_rule_matches_total";
+/// Firings of stateful rules (windows). Labels: `rule`, `by` (event, timer).
+pub const RULE_FIRINGS: &str = "reflex_rule_firings_total";
+/// Events a stateful rule took without firing. Labels: `rule`, `reason` (throttled,
+/// accumulating, after_firing, recovered, ignored, late, duplicate).
+pub const RULE_SUPPRESSED: &str = "reflex_rule_suppressed_total";
 /// Events in flight (taken, not yet acknowledged). Labels: `stage`.
 pub const IN_FLIGHT: &str = "reflex_in_flight_events";
 /// Partitions currently paused for backpressure. Labels: `stage`.

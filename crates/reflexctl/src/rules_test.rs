@@ -28,6 +28,7 @@ use reflex_actor::call::{self, Call};
 use reflex_actor::config::{compile, Action};
 use reflex_actor::ActorConfig;
 use reflex_core::actions::{ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
+use reflex_core::headers::ce;
 use reflex_core::headers::reflex as rh;
 use reflex_core::registry::RegistryClient;
 use reflex_core::template::Templates;
@@ -36,8 +37,10 @@ use reflex_enricher::lookup::Source;
 use reflex_enricher::spec::Spec;
 use reflex_enricher::{EnricherConfig, OutputSettings};
 use reflex_router::rules::{RuleSet, Unmatched};
-use reflex_router::{Router, RouterConfig, Verdict};
-use reflex_runtime::{Event, Stage};
+use reflex_router::stateful::ticker::{Collect, Ticker};
+use reflex_router::stateful::{Effect, Engine, StateStore};
+use reflex_router::{Router, RouterConfig, Verdict, WindowNote};
+use reflex_runtime::{Event, Output, Stage};
 use reflex_runtime::{StageSettings, WorkerConfig};
 use serde::Deserialize;
 
@@ -92,6 +95,36 @@ pub struct RulesTestArgs {
     /// Extra header `name=value` (repeatable), as in `reflexctl publish`.
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
+    /// Virtual clock: event time (ce_time) of the first event, RFC 3339.
+    #[arg(long, default_value = "2026-01-01T00:00:00Z")]
+    pub start: String,
+    /// Virtual clock: event n arrives at start + (n - 1) × this (e.g. "1s", "250ms").
+    #[arg(long, default_value = "1s")]
+    pub every: String,
+    /// Virtual clock: after the last event, let this much time pass so timers fire (quiet
+    /// periods, absence deadlines). Default: the longest window plus its lateness and
+    /// router.timer_delay.
+    #[arg(long)]
+    pub then: Option<String>,
+}
+
+impl RulesTestArgs {
+    /// The defaults of the command line for `pack`.
+    pub fn for_pack(pack: impl Into<PathBuf>) -> Self {
+        RulesTestArgs {
+            pack: pack.into(),
+            events: None,
+            topic: None,
+            event_type: None,
+            source: None,
+            key_field: None,
+            id: "event".into(),
+            headers: Vec::new(),
+            start: "2026-01-01T00:00:00Z".into(),
+            every: "1s".into(),
+            then: None,
+        }
+    }
 }
 
 /// `pack.toml`.
@@ -225,7 +258,36 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
     rules.check_schema(&topic, &subject, &schema_text)?;
     let rule_count = rules.rules.len();
     let unmatched = rules.unmatched;
-    let router = Router::new(rules, registry.clone(), router_config.stage.max_hops);
+    let longest = rules
+        .rules
+        .iter()
+        .filter_map(|r| r.stateful.as_ref())
+        .map(|s| s.kind.horizon() + s.lateness)
+        .max();
+    let timer_delay = router_config.stage.timer_delay;
+    let router = Router::new(rules, registry.clone(), router_config.stage.max_hops).with_engine(
+        Engine::new(
+            StateStore::memory(),
+            reflex_router::DEFAULT_SPAN,
+            timer_delay,
+        ),
+    );
+    let ticker = router.engine().map(|engine| Ticker {
+        rules: router.rules().clone(),
+        engine: engine.clone(),
+    });
+    let parse_duration = |flag: &str, text: &str| {
+        reflex_runtime::duration::parse(text).map_err(|e| anyhow!("--{flag}: {e}"))
+    };
+    let start_ms = chrono::DateTime::parse_from_rfc3339(&args.start)
+        .map_err(|e| anyhow!("--start `{}` is not RFC 3339: {e}", args.start))?
+        .timestamp_millis();
+    let every_ms = parse_duration("every", &args.every)?.as_millis() as i64;
+    let then_ms = match &args.then {
+        Some(t) => parse_duration("then", t)?,
+        None => longest.map_or(Duration::ZERO, |l| l + timer_delay),
+    }
+    .as_millis() as i64;
 
     // Enricher: in process when every lookup is a file table; else only binding selection.
     let enricher_config: EnricherConfig = worker_config(pack, "enricher.toml")?;
@@ -303,14 +365,19 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
             None => None,
         };
         let id = format!("{}-{n}", args.id);
+        let at = start_ms + index as i64 * every_ms;
+        let mut headers = event_headers(&id, &source, &event_type, &extra);
+        if !extra.iter().any(|(name, _)| name == ce::TIME) {
+            headers.set(ce::TIME, reflex_router::stateful::rfc3339(at));
+        }
         events.push(Event {
             topic: topic.clone(),
             partition: 0,
             offset: index as i64,
-            timestamp_ms: None,
+            timestamp_ms: Some(at),
             key: key.map(Bytes::from),
             payload: Some(Bytes::from(encode_frame(EVENT_SCHEMA_ID, &datum))),
-            headers: event_headers(&id, &source, &event_type, &extra),
+            headers,
         });
     }
 
@@ -337,7 +404,25 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
             remote.join(", ")
         );
     }
+    let downstream = Downstream {
+        enricher_inputs: &enricher_config.kafka.input_topics,
+        enricher: enricher.as_ref(),
+        bindings: &bindings,
+        event_type: &event_type,
+        request_schema: &request_schema,
+        actions: &actions,
+        templates: &templates,
+        actor_config: &actor_config,
+    };
+    let mut windows = WindowTally::default();
     for (index, event) in events.iter().enumerate() {
+        let now = start_ms + index as i64 * every_ms;
+        if let Some(ticker) = &ticker {
+            let fired = timers(ticker, now, &mut out, &mut windows).await?;
+            downstream
+                .follow(fired, index, &mut out, &mut tally, &mut blast)
+                .await?;
+        }
         let key = event
             .key
             .as_ref()
@@ -345,10 +430,11 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "event {} key={key} ce_id={}-{}",
+            "event {} key={key} ce_id={}-{} at {}",
             index + 1,
             args.id,
-            index + 1
+            index + 1,
+            reflex_router::stateful::rfc3339(now)
         );
         let outputs = match router.verdict(event).await {
             Err(e) => {
@@ -376,17 +462,178 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
                 );
                 continue;
             }
-            Ok(Verdict::Routed(outputs)) => outputs,
+            Ok(Verdict::Absorbed(notes)) => {
+                tally.absorbed += 1;
+                windows.note(&notes, &mut out);
+                continue;
+            }
+            Ok(Verdict::Routed {
+                outputs,
+                windows: notes,
+            }) => {
+                windows.note(&notes, &mut out);
+                outputs
+            }
         };
         tally.routed += 1;
+        downstream
+            .follow(outputs, index, &mut out, &mut tally, &mut blast)
+            .await?;
+    }
+    if let Some(ticker) = &ticker {
+        let end = start_ms + (events.len().max(1) as i64 - 1) * every_ms + then_ms;
+        let fired = timers(ticker, end, &mut out, &mut windows).await?;
+        downstream
+            .follow(fired, events.len(), &mut out, &mut tally, &mut blast)
+            .await?;
+    }
+    let _ = writeln!(
+        out,
+        "summary: {}: {} routed, {} absorbed by windows, {} dropped, {} dead-lettered",
+        plural(events.len(), "event"),
+        tally.routed,
+        tally.absorbed,
+        tally.dropped,
+        tally.dead_lettered
+    );
+    windows.summary(&mut out);
+    for (action, counts) in &tally.actions {
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(what, n)| format!("{n} {what}"))
+            .collect();
+        let _ = writeln!(out, "  {action}: {}", parts.join(", "));
+    }
+    Ok(out)
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "nothing (no binding selects it)".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The virtual clock at `now_ms`: timers due by then fire (the ticker's round, in process).
+async fn timers(
+    ticker: &Ticker,
+    now_ms: i64,
+    out: &mut String,
+    windows: &mut WindowTally,
+) -> anyhow::Result<Vec<Output>> {
+    let collect = Collect::default();
+    let notes = ticker.round(now_ms, |_, _| true, &collect).await?;
+    if !notes.is_empty() {
+        let _ = writeln!(out, "clock {}", reflex_router::stateful::rfc3339(now_ms));
+        windows.note(&notes, out);
+    }
+    Ok(collect.0.into_inner().expect("collect lock"))
+}
+
+/// Stateful rules' firings and suppressions, per rule.
+#[derive(Default)]
+struct WindowTally {
+    /// rule → (firings, reason → count).
+    rules: BTreeMap<String, (usize, BTreeMap<&'static str, usize>)>,
+}
+
+impl WindowTally {
+    fn note(&mut self, notes: &[WindowNote], out: &mut String) {
+        for note in notes {
+            let entry = self.rules.entry(note.rule.clone()).or_default();
+            for effect in &note.effects {
+                match effect {
+                    Effect::Fired(f) => {
+                        entry.0 += 1;
+                        let _ = writeln!(
+                            out,
+                            "  window: rule {} group {} FIRED by {} (window {} .. {}, {} events)",
+                            note.rule,
+                            note.group,
+                            if f.by_timer { "timer" } else { "event" },
+                            reflex_router::stateful::rfc3339(f.start),
+                            reflex_router::stateful::rfc3339(f.end),
+                            f.count
+                        );
+                    }
+                    Effect::Suppressed(reason) => {
+                        *entry.1.entry(reason.as_str()).or_default() += 1;
+                        let _ = writeln!(
+                            out,
+                            "  window: rule {} group {} suppressed ({})",
+                            note.rule,
+                            note.group,
+                            reason.as_str()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn summary(&self, out: &mut String) {
+        for (rule, (fired, reasons)) in &self.rules {
+            let suppressed: usize = reasons.values().sum();
+            let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            let _ = writeln!(
+                out,
+                "  rule {rule}: {fired} fired, {suppressed} suppressed{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", why.join(", "))
+                }
+            );
+        }
+    }
+}
+
+/// The enricher and actor, in process, for what the router forwards.
+struct Downstream<'a> {
+    enricher_inputs: &'a [String],
+    enricher: Option<&'a reflex_enricher::Enricher>,
+    bindings: &'a [(String, Vec<String>, Vec<String>)],
+    event_type: &'a str,
+    request_schema: &'a reflex_core::registry::RegisteredSchema,
+    actions: &'a [Action],
+    templates: &'a Templates,
+    actor_config: &'a ActorConfig,
+}
+
+impl Downstream<'_> {
+    async fn follow(
+        &self,
+        outputs: Vec<Output>,
+        index: usize,
+        out: &mut String,
+        tally: &mut Tally,
+        blast: &mut BTreeMap<String, u64>,
+    ) -> anyhow::Result<()> {
+        let (actions, templates, actor_config, request_schema) = (
+            self.actions,
+            self.templates,
+            self.actor_config,
+            self.request_schema,
+        );
+        let event_type = self.event_type.to_string();
+        let bindings = self.bindings;
         for routed in outputs {
             let rule = routed.headers.get_str(rh::RULE).unwrap_or("?").to_string();
             let _ = writeln!(out, "  router: rule {rule} -> {}", routed.topic);
-            if !enricher_config.kafka.input_topics.contains(&routed.topic) {
+            if !self.enricher_inputs.contains(&routed.topic) {
                 let _ = writeln!(out, "    (not an input of this pack's enricher)");
                 continue;
             }
-            let Some(enricher) = &enricher else {
+            let Some(enricher) = self.enricher else {
                 let selected: Vec<&str> = bindings
                     .iter()
                     .filter(|(_, types, rules)| {
@@ -431,49 +678,19 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
                     "    enricher: {} -> {} (idempotency key {})",
                     req.action, request.topic, req.idempotency_key
                 );
-                let line = act(&actions, &templates, &actor_config, &req, &mut blast);
+                let line = act(actions, templates, actor_config, &req, blast);
                 tally.count(&req.action, &line);
                 let _ = write!(out, "{}", line.text);
             }
         }
-    }
-    let _ = writeln!(
-        out,
-        "summary: {}: {} routed, {} dropped, {} dead-lettered",
-        plural(events.len(), "event"),
-        tally.routed,
-        tally.dropped,
-        tally.dead_lettered
-    );
-    for (action, counts) in &tally.actions {
-        let parts: Vec<String> = counts
-            .iter()
-            .map(|(what, n)| format!("{n} {what}"))
-            .collect();
-        let _ = writeln!(out, "  {action}: {}", parts.join(", "));
-    }
-    Ok(out)
-}
-
-fn plural(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
-fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() {
-        "nothing (no binding selects it)".into()
-    } else {
-        items.join(", ")
+        Ok(())
     }
 }
 
 #[derive(Default)]
 struct Tally {
     routed: usize,
+    absorbed: usize,
     dropped: usize,
     dead_lettered: usize,
     /// action → outcome → count.
@@ -618,16 +835,7 @@ mod tests {
     }
 
     fn args(pack: &Path) -> RulesTestArgs {
-        RulesTestArgs {
-            pack: pack.to_path_buf(),
-            events: None,
-            topic: None,
-            event_type: None,
-            source: None,
-            key_field: None,
-            id: "event".into(),
-            headers: Vec::new(),
-        }
+        RulesTestArgs::for_pack(pack)
     }
 
     #[tokio::test]

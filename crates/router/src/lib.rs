@@ -17,6 +17,7 @@
 
 pub mod decode;
 pub mod rules;
+pub mod stateful;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,7 +36,9 @@ use reflex_runtime::{Event, Output, RegistrySettings, Stage, StageError, StageSe
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::rules::{RuleAction, RuleError, RuleSet, Unmatched};
+use crate::rules::{Kind, OnLate, Rule, RuleAction, RuleError, RuleSet, Unmatched};
+use crate::stateful::machine::{RECOVERY, TRIGGER};
+use crate::stateful::{Effect, Engine, Observation, Reason, Source};
 
 /// Embedded router defaults, layered over the runtime's.
 pub const ROUTER_DEFAULTS: &str = include_str!("defaults.toml");
@@ -76,6 +79,18 @@ pub struct RouterSettings {
     pub max_headers: usize,
     /// Largest total size of header names and values; larger are dead-lettered. 0 turns it off.
     pub max_header_bytes: usize,
+    /// Key prefix of stateful rules' windows in Redis (`runtime.state_url`). Replicas of one
+    /// router deployment share it; a different rule file (or a fresh replay) takes another.
+    pub state_prefix: String,
+    /// How often the ticker looks for windows whose timers are due with no new event (a quiet
+    /// period ended, an absence deadline passed, events waited out their lateness).
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub timer_interval: Duration,
+    /// How long after its due time a timer fires by the wall clock: room for producers'
+    /// clocks running behind and records still in transit. A timer waits anyway while its
+    /// partition's oldest unread record is older than this (the router is catching up).
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub timer_delay: Duration,
 }
 
 /// Why the router cannot start.
@@ -91,7 +106,11 @@ pub enum StartError {
 
 /// The router stage.
 pub struct Router {
-    rules: RuleSet,
+    rules: Arc<RuleSet>,
+    /// Windows of stateful rules (`None` when the file has none).
+    engine: Option<Arc<Engine>>,
+    /// Where a late event of a `on_late = "dead-letter"` rule goes.
+    late: LateDeadLetters,
     registry: RegistryClient,
     max_hops: u32,
     needs_payload: bool,
@@ -111,6 +130,26 @@ pub struct Router {
     keys: KeyRing,
     max_event_age: Duration,
     limits: RecordLimits,
+}
+
+/// What the router needs to dead-letter a late event itself (alongside other outputs).
+#[derive(Debug, Clone)]
+pub struct LateDeadLetters {
+    pub worker: String,
+    pub group: String,
+    pub suffix: String,
+    pub compat: Vec<reflex_core::dead_letter::Dialect>,
+}
+
+impl Default for LateDeadLetters {
+    fn default() -> Self {
+        Self {
+            worker: "router".into(),
+            group: String::new(),
+            suffix: ".dlq".into(),
+            compat: Vec::new(),
+        }
+    }
 }
 
 /// The union of the top-level fields the rules select in `variable` (`None`: used whole).
@@ -146,13 +185,22 @@ impl Router {
             .iter()
             .map(|r| metrics::counter!(m::RULE_MATCHES, "rule" => r.name.clone()))
             .collect();
+        let engine = rules.rules.iter().any(|r| r.stateful.is_some()).then(|| {
+            Arc::new(Engine::new(
+                stateful::StateStore::memory(),
+                DEFAULT_SPAN,
+                Duration::from_secs(2),
+            ))
+        });
         Self {
+            engine,
+            late: LateDeadLetters::default(),
             uses,
             needs_payload: rules.needs_payload(),
             payload_fields: fields_read(&rules, "payload"),
             ce_fields,
             matches,
-            rules,
+            rules: Arc::new(rules),
             registry,
             max_hops,
             root: Context::default(),
@@ -177,6 +225,31 @@ impl Router {
     pub fn with_limits(mut self, limits: RecordLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Keeps stateful rules' windows in `engine` (kept in process by default). Ignored when
+    /// the rule file has no stateful rule.
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        if self.engine.is_some() {
+            self.engine = Some(Arc::new(engine));
+        }
+        self
+    }
+
+    /// Where late events of `on_late = "dead-letter"` rules go.
+    pub fn with_late_dead_letters(mut self, late: LateDeadLetters) -> Self {
+        self.late = late;
+        self
+    }
+
+    /// The compiled rules.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// The stateful rules' engine, when the file has stateful rules.
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        self.engine.as_ref()
     }
 
     /// Signature and age checks (the router's door).
@@ -247,14 +320,13 @@ impl Router {
             }))
     }
 
-    fn route(&self, event: &Event, payload: Option<cel::Value>) -> Result<Vec<Output>, StageError> {
-        Ok(match self.decide(event, payload)? {
-            Verdict::Routed(outputs) => outputs,
-            Verdict::Dropped { .. } => Vec::new(),
-        })
-    }
-
-    fn decide(&self, event: &Event, payload: Option<cel::Value>) -> Result<Verdict, StageError> {
+    /// Evaluates the rules (CEL only; stateful rules' windows are applied after, in
+    /// [`Router::observe_all`]).
+    fn decide(
+        &self,
+        event: &Event,
+        payload: Option<cel::Value>,
+    ) -> Result<Decision<'_>, StageError> {
         let mut ctx = self.root.new_inner_scope();
         let [uses_ce, uses_headers, uses_key, uses_topic] = self.uses;
         if uses_ce {
@@ -307,6 +379,7 @@ impl Router {
         }
 
         let mut destinations: Vec<(&str, &str)> = Vec::new();
+        let mut observations: Vec<(&Rule, String, u32)> = Vec::new();
         for (rule, matches) in self
             .rules
             .rules
@@ -314,43 +387,52 @@ impl Router {
             .zip(&self.matches)
             .filter(|(r, _)| r.applies_to(&event.topic))
         {
-            let matched = match rule.program.execute(&ctx) {
-                Ok(cel::Value::Bool(b)) => b,
-                Ok(other) => {
-                    return Err(StageError::permanent(format!(
-                        "rule `{}` ({}:{}) returned {other:?}, not a bool",
-                        rule.name,
-                        self.rules.file.display(),
-                        rule.line
-                    )))
+            let matched = self.eval_bool(rule, &rule.program, &ctx, "")?;
+            if let Some(spec) = &rule.stateful {
+                let flags = match spec.kind {
+                    Kind::All { .. } if matched => {
+                        let mut flags = 0;
+                        for (i, condition) in spec.conditions.iter().enumerate() {
+                            if self.eval_bool(rule, condition, &ctx, " (all condition)")? {
+                                flags |= 1 << i;
+                            }
+                        }
+                        flags
+                    }
+                    Kind::All { .. } => 0,
+                    Kind::Absent { .. } => {
+                        let recovered =
+                            self.eval_bool(rule, &spec.conditions[0], &ctx, " (absent.recovery)")?;
+                        (if matched { TRIGGER } else { 0 }) | (if recovered { RECOVERY } else { 0 })
+                    }
+                    _ => u32::from(matched),
+                };
+                if flags == 0 {
+                    continue;
                 }
-                Err(e) => {
-                    return Err(StageError::permanent(format!(
-                        "rule `{}` ({}:{}) failed on this event: {e}",
-                        rule.name,
-                        self.rules.file.display(),
-                        rule.line
-                    )))
+                let triggered = matches!(spec.kind, Kind::All { .. }) || flags & TRIGGER != 0;
+                if triggered {
+                    matches.increment(1);
+                    self.guard_loop(event, rule)?;
                 }
-            };
+                let group = self.eval_group(rule, &spec.group_by, &ctx)?;
+                observations.push((rule, group, flags));
+                if triggered && !rule.keep_going {
+                    break;
+                }
+                continue;
+            }
             if !matched {
                 continue;
             }
             matches.increment(1);
             match &rule.action {
                 RuleAction::Route(topics) => {
-                    let visited = event.headers.rules_visited();
-                    if visited.contains(&rule.name.as_str()) {
-                        return Err(StageError::permanent(format!(
-                            "automation loop: rule `{}` already handled this chain (rules visited: {})",
-                            rule.name,
-                            visited.join(" -> ")
-                        )));
-                    }
+                    self.guard_loop(event, rule)?;
                     destinations.extend(topics.iter().map(|t| (t.as_str(), rule.name.as_str())))
                 }
                 RuleAction::Drop => {
-                    return Ok(Verdict::Dropped {
+                    return Ok(Decision::Dropped {
                         rule: Some(rule.name.clone()),
                     })
                 }
@@ -365,13 +447,86 @@ impl Router {
                 break;
             }
         }
-        if destinations.is_empty() {
+        if destinations.is_empty() && observations.is_empty() {
             return match self.rules.unmatched {
-                Unmatched::Drop => Ok(Verdict::Dropped { rule: None }),
+                Unmatched::Drop => Ok(Decision::Dropped { rule: None }),
                 Unmatched::DeadLetter => Err(StageError::permanent(
                     "no rule matched and unmatched = \"dead-letter\"",
                 )),
             };
+        }
+        Ok(Decision::Go {
+            outputs: self.forward_all(event, destinations),
+            observations,
+        })
+    }
+
+    fn eval_bool(
+        &self,
+        rule: &Rule,
+        program: &cel::Program,
+        ctx: &Context<'_, '_>,
+        what: &str,
+    ) -> Result<bool, StageError> {
+        match program.execute(ctx) {
+            Ok(cel::Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(StageError::permanent(format!(
+                "rule `{}`{what} ({}:{}) returned {other:?}, not a bool",
+                rule.name,
+                self.rules.file.display(),
+                rule.line
+            ))),
+            Err(e) => Err(StageError::permanent(format!(
+                "rule `{}`{what} ({}:{}) failed on this event: {e}",
+                rule.name,
+                self.rules.file.display(),
+                rule.line
+            ))),
+        }
+    }
+
+    /// The `group_by` value: a string, or a number or bool written as text.
+    fn eval_group(
+        &self,
+        rule: &Rule,
+        program: &cel::Program,
+        ctx: &Context<'_, '_>,
+    ) -> Result<String, StageError> {
+        let fail = |what: String| {
+            StageError::permanent(format!(
+                "rule `{}` ({}:{}): group_by {what}",
+                rule.name,
+                self.rules.file.display(),
+                rule.line
+            ))
+        };
+        match program.execute(ctx) {
+            Ok(cel::Value::String(s)) => Ok(s.to_string()),
+            Ok(cel::Value::Int(i)) => Ok(i.to_string()),
+            Ok(cel::Value::UInt(i)) => Ok(i.to_string()),
+            Ok(cel::Value::Bool(b)) => Ok(b.to_string()),
+            Ok(other) => Err(fail(format!("returned {other:?}: it must give a string"))),
+            Err(e) => Err(fail(format!("failed on this event: {e}"))),
+        }
+    }
+
+    /// A chain that comes back to a rule is an automation loop.
+    fn guard_loop(&self, event: &Event, rule: &Rule) -> Result<(), StageError> {
+        let visited = event.headers.rules_visited();
+        if visited.contains(&rule.name.as_str()) {
+            return Err(StageError::permanent(format!(
+                "automation loop: rule `{}` already handled this chain (rules visited: {})",
+                rule.name,
+                visited.join(" -> ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The event forwarded to each (topic, rule), unchanged but for the router's headers.
+    fn forward_all(&self, event: &Event, mut destinations: Vec<(&str, &str)>) -> Vec<Output> {
+        if destinations.is_empty() {
+            return Vec::new();
         }
         if destinations.len() > 1 {
             // The same topic named by two matching rules gets the event once.
@@ -414,15 +569,134 @@ impl Router {
                 headers,
             });
         }
-        Ok(Verdict::Routed(outputs))
+        outputs
+    }
+
+    /// Applies the event to the windows of the stateful rules it concerns; the firings'
+    /// outputs (and the event's dead letter when it came too late for a rule that says so).
+    async fn observe_all(
+        &self,
+        event: &Event,
+        observations: Vec<(&Rule, String, u32)>,
+    ) -> Result<(Vec<Output>, Vec<WindowNote>), StageError> {
+        let mut outputs = Vec::new();
+        let mut notes = Vec::new();
+        if observations.is_empty() {
+            return Ok((outputs, notes));
+        }
+        let engine = self
+            .engine
+            .as_ref()
+            .expect("a rule file with stateful rules has an engine");
+        let time = stateful::event_time(event)?;
+        let id = event
+            .headers
+            .get_str(reflex_core::headers::ce::ID)
+            .unwrap_or_default();
+        let record = stateful::store_event(event);
+        let mut late = Vec::new();
+        for (rule, group, flags) in observations {
+            let spec = rule
+                .stateful
+                .as_ref()
+                .expect("observations come from stateful rules");
+            let observation = Observation {
+                time,
+                id: id.to_string(),
+                source: Source {
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    offset: event.offset,
+                },
+                flags,
+                record: record.clone(),
+            };
+            let observed = engine
+                .observe(&rule.name, spec, &group, observation)
+                .await
+                .map_err(|e| StageError::new(e.class, e.to_string()))?;
+            stateful::count(&rule.name, &observed.effects);
+            let topics = match &rule.action {
+                RuleAction::Route(topics) => topics.as_slice(),
+                _ => &[],
+            };
+            for effect in &observed.effects {
+                match effect {
+                    Effect::Fired(firing) => {
+                        outputs.extend(stateful::firing_outputs(&rule.name, topics, &group, firing))
+                    }
+                    Effect::Suppressed(Reason::Late) => {
+                        let message = format!(
+                            "late for rule `{}` (group `{group}`): event time {} is behind the group's watermark, beyond the allowed lateness of {}",
+                            rule.name,
+                            stateful::rfc3339(time),
+                            reflex_runtime::duration::format(spec.lateness)
+                        );
+                        match spec.on_late {
+                            OnLate::DeadLetter => late.push(message),
+                            OnLate::Drop => {
+                                warn!(rule = %rule.name, "{message}: dropped (on_late = \"drop\")")
+                            }
+                        }
+                    }
+                    Effect::Suppressed(_) => {}
+                }
+            }
+            for firing in &observed.again {
+                outputs.extend(stateful::firing_outputs(&rule.name, topics, &group, firing));
+            }
+            notes.push(WindowNote {
+                rule: rule.name.clone(),
+                group,
+                effects: observed.effects,
+            });
+        }
+        if !late.is_empty() {
+            let error = StageError::permanent(late.join("; "));
+            let ctx = reflex_runtime::dead_letter::FailureContext {
+                stage: "router",
+                worker: &self.late.worker,
+                group: &self.late.group,
+                attempts: 1,
+                first_failure_ms: chrono::Utc::now().timestamp_millis(),
+                retry_not_before_ms: None,
+                dead_letter_suffix: &self.late.suffix,
+                compat: &self.late.compat,
+            };
+            outputs.push(reflex_runtime::dead_letter::dead_letter(
+                event, &error, &ctx,
+            ));
+        }
+        Ok((outputs, notes))
+    }
+
+    /// Everything for one event: checks, rules, windows.
+    async fn handle(&self, event: &Event) -> Result<Verdict, StageError> {
+        let payload = self.check_and_decode(event).await?;
+        match self.decide(event, payload)? {
+            Decision::Dropped { rule } => Ok(Verdict::Dropped { rule }),
+            Decision::Go {
+                mut outputs,
+                observations,
+            } => {
+                let (fired, windows) = self.observe_all(event, observations).await?;
+                outputs.extend(fired);
+                if outputs.is_empty() {
+                    Ok(Verdict::Absorbed(windows))
+                } else {
+                    Ok(Verdict::Routed { outputs, windows })
+                }
+            }
+        }
     }
 
     /// What the rules decide for one event, without producing anything: the outputs it would
     /// route (each with its `reflex-rule` header), or which rule dropped it. Errors are what
     /// [`Stage::process`] would dead-letter. Shadow mode (`reflexctl rules test`) uses this.
+    /// Stateful rules' windows are applied (to the engine's store: in process unless
+    /// [`Router::with_engine`] gave another).
     pub async fn verdict(&self, event: &Event) -> Result<Verdict, StageError> {
-        let payload = self.check_and_decode(event).await?;
-        self.decide(event, payload)
+        self.handle(event).await
     }
 
     /// Envelope, hop limit, framing, schema id and datum checks; the decoded payload when a
@@ -461,12 +735,41 @@ impl Router {
 /// The rules' decision for one event (see [`Router::verdict`]).
 #[derive(Debug)]
 pub enum Verdict {
-    /// Forwarded to these outputs (one per destination topic).
-    Routed(Vec<Output>),
+    /// Forwarded to these outputs (one per destination topic; a stateful rule's firing, a late
+    /// event's dead letter), with what the event did to windows.
+    Routed {
+        outputs: Vec<Output>,
+        windows: Vec<WindowNote>,
+    },
     /// Sent nowhere: by this `drop` rule, or (`None`) because no rule matched and
     /// `unmatched = "drop"`.
     Dropped { rule: Option<String> },
+    /// Taken by stateful rules' windows without a firing (suppressed, counted).
+    Absorbed(Vec<WindowNote>),
 }
+
+/// What an event did to one stateful rule's window.
+#[derive(Debug, Clone)]
+pub struct WindowNote {
+    pub rule: String,
+    pub group: String,
+    pub effects: Vec<Effect>,
+}
+
+/// The rules' decision before windows are applied.
+enum Decision<'r> {
+    Go {
+        outputs: Vec<Output>,
+        observations: Vec<(&'r Rule, String, u32)>,
+    },
+    Dropped {
+        rule: Option<String>,
+    },
+}
+
+/// Offsets of one partition the router can have in flight at once stay below this when
+/// [`Router::with_engine`] is not told otherwise (runtime.max_in_flight's default is 2000).
+pub const DEFAULT_SPAN: i64 = 1 << 16;
 
 impl Stage for Router {
     fn name(&self) -> &'static str {
@@ -475,7 +778,54 @@ impl Stage for Router {
 
     async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
         let payload = self.check_and_decode(event).await?;
-        self.route(event, payload)
+        match self.decide(event, payload)? {
+            Decision::Dropped { .. } => Ok(Vec::new()),
+            Decision::Go {
+                mut outputs,
+                observations,
+            } => {
+                if !observations.is_empty() {
+                    outputs.extend(self.observe_all(event, observations).await?.0);
+                }
+                Ok(outputs)
+            }
+        }
+    }
+}
+
+/// A record (headers as received) forwarded to `topic` by `rule`: the router's three headers
+/// rewritten (`reflex-rule`, `reflex-hops` + 1, `reflex-rules-visited` + rule), the rest kept.
+pub(crate) fn forward(
+    headers: &Headers,
+    key: Option<Bytes>,
+    payload: Option<Bytes>,
+    topic: &str,
+    rule: &str,
+) -> Output {
+    let mut out = Headers::with_capacity(headers.len() + 3);
+    out.0.extend(
+        headers
+            .iter()
+            .filter(|h| h.key != rh::RULE && h.key != rh::HOPS && h.key != rh::RULES_VISITED)
+            .cloned(),
+    );
+    out.push(rh::RULE, rule.to_owned());
+    out.push(rh::HOPS, (headers.hops() + 1).to_string());
+    let visited = headers.rules_visited();
+    out.push(
+        rh::RULES_VISITED,
+        if visited.is_empty() {
+            rule.to_owned()
+        } else {
+            format!("{},{rule}", visited.join(","))
+        },
+    );
+    Output {
+        topic: topic.to_string(),
+        partition: None,
+        key,
+        payload,
+        headers: out,
     }
 }
 
@@ -494,7 +844,59 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let registry = config.registry.client();
     let router = Router::start(&config.stage, registry, &config.kafka.input_topics).await?;
-    reflex_runtime::run(router, &config.kafka, &config.runtime, shutdown).await?;
+    let runtime = &config.runtime;
+    let router = router.with_late_dead_letters(LateDeadLetters {
+        worker: if runtime.worker_id.is_empty() {
+            format!("router-{}", std::process::id())
+        } else {
+            runtime.worker_id.clone()
+        },
+        group: config.kafka.group_id.clone(),
+        suffix: runtime.dead_letter_suffix.clone(),
+        compat: runtime
+            .dead_letter_compat
+            .iter()
+            .map(|d| d.dialect())
+            .collect(),
+    });
+    let mut ticker = None;
+    let router = if router.engine().is_some() {
+        let store = if runtime.state_url.is_empty() {
+            warn!("stateful rules keep their windows in this process (runtime.state_url is empty): they are lost on restart and not shared by replicas; set runtime.state_url for production");
+            stateful::StateStore::memory()
+        } else {
+            let conn = reflex_core::redis_conn::connect(&runtime.state_url)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "stateful rules need their state store: cannot open runtime.state_url {}: {e} ({})",
+                        reflex_core::redis_conn::redact_url(&runtime.state_url),
+                        reflex_core::redis_conn::connect_hint(&runtime.state_url, &e)
+                    )
+                })?;
+            stateful::StateStore::redis(conn, &config.stage.state_prefix)
+        };
+        // Offsets of one partition in flight at once stay below max_in_flight.
+        let span = (runtime.max_in_flight as i64).saturating_mul(2).max(1024);
+        let router = router.with_engine(Engine::new(store, span, config.stage.timer_delay));
+        if let Some(engine) = router.engine() {
+            let t = stateful::ticker::Ticker {
+                rules: router.rules().clone(),
+                engine: engine.clone(),
+            };
+            ticker = Some(tokio::spawn(
+                t.run(config.kafka.clone(), config.stage.timer_interval),
+            ));
+        }
+        router
+    } else {
+        router
+    };
+    let result = reflex_runtime::run(router, &config.kafka, &config.runtime, shutdown).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    result?;
     Ok(())
 }
 
@@ -637,7 +1039,8 @@ mod tests {
         let r = router("[[rule]]\nname = \"quiet\"\nwhen = 'payload.restart_count < 3'\naction = \"drop\"\n[[rule]]\nname = \"loud\"\nwhen = 'payload.restart_count > 8'\nto = [\"a\"]\n");
         let rule_of = |v: Verdict| match v {
             Verdict::Dropped { rule } => rule,
-            Verdict::Routed(outputs) => Some(format!("routed to {}", outputs[0].topic)),
+            Verdict::Routed { outputs, .. } => Some(format!("routed to {}", outputs[0].topic)),
+            Verdict::Absorbed(_) => Some("absorbed".into()),
         };
         assert_eq!(
             rule_of(r.verdict(&event(1, true)).await.unwrap()).as_deref(),

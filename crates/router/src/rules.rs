@@ -24,10 +24,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use cel::common::ast::{EntryExpr, Expr};
 use cel::{IdedExpr, Program};
 use reflex_core::limits::{bracket_depth, MAX_RULE_EXPRESSION_BYTES, MAX_RULE_NESTING};
 use reflex_core::line_of;
+
+pub use crate::stateful::machine::Kind;
 use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
@@ -81,6 +85,9 @@ pub struct Rule {
     pub keep_going: bool,
     /// Payload field paths the condition reads, checked against schemas at start-up.
     pub payload_paths: Vec<Vec<String>>,
+    /// The window, when the rule is stateful (`group_by` with a throttle, threshold, all or
+    /// absent); `None` for a rule that sees one event at a time.
+    pub stateful: Option<StatefulSpec>,
     /// Per variable the condition reads: the top-level fields it selects (`ce.type` → `type`),
     /// or `None` when it uses the variable as a whole (`size(payload)`, `headers["x"]`). The
     /// router builds only these fields per event.
@@ -93,6 +100,28 @@ impl Rule {
             .as_ref()
             .is_none_or(|t| t.iter().any(|x| x == topic))
     }
+}
+
+/// A stateful rule's window (see the `stateful` module).
+pub struct StatefulSpec {
+    pub kind: Kind,
+    /// CEL expression naming the group (e.g. the pod): each group has its own window.
+    pub group_by: Program,
+    /// How far behind the group's latest event time an event may arrive and still count.
+    pub lateness: Duration,
+    /// What happens to an event later than that.
+    pub on_late: OnLate,
+    /// `all`: its conditions, one bit each; `absent`: the recovery condition.
+    pub conditions: Vec<Program>,
+}
+
+/// What a stateful rule does with an event beyond its allowed lateness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLate {
+    /// To the dead-letter topic, with the rule, group and how late it was.
+    DeadLetter,
+    /// Counted (`reflex_rule_suppressed_total{reason="late"}`) and logged, not forwarded.
+    Drop,
 }
 
 /// What to do with events no rule matched.
@@ -136,15 +165,61 @@ struct RawRule {
     #[serde(default)]
     #[allow(dead_code)]
     description: String,
-    when: Spanned<String>,
+    #[serde(default)]
+    when: Option<Spanned<String>>,
     #[serde(default)]
     to: Vec<String>,
+    /// CEL expression naming the group a window is kept for.
+    #[serde(default)]
+    group_by: Option<Spanned<String>>,
+    #[serde(default)]
+    throttle: Option<Spanned<RawThrottle>>,
+    #[serde(default)]
+    threshold: Option<Spanned<RawThreshold>>,
+    #[serde(default)]
+    all: Option<Spanned<RawAll>>,
+    #[serde(default)]
+    absent: Option<Spanned<RawAbsent>>,
+    #[serde(default)]
+    lateness: Option<Spanned<String>>,
+    #[serde(default)]
+    on_late: Option<Spanned<String>>,
     #[serde(default)]
     action: Option<Spanned<String>>,
     #[serde(default)]
     topics: Option<Vec<String>>,
     #[serde(default, rename = "continue")]
     keep_going: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    #[serde(default)]
+    once_within: Option<Spanned<String>>,
+    #[serde(default)]
+    once_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThreshold {
+    events: Spanned<u32>,
+    within: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAll {
+    conditions: Vec<Spanned<String>>,
+    within: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbsent {
+    recovery: Spanned<String>,
+    within: Spanned<String>,
 }
 
 impl RuleSet {
@@ -196,50 +271,31 @@ impl RuleSet {
             if rules.iter().any(|r| r.name == name) {
                 return Err(err(rule_line, Some(&name), "duplicate rule name".into()));
             }
-            let when_line = line_of(text, raw.when.span().start);
-            // Bounded at load time: the CEL parser and evaluator recurse per nesting level.
-            let source = raw.when.get_ref();
-            if source.len() > MAX_RULE_EXPRESSION_BYTES {
-                return Err(err(
-                    when_line,
-                    Some(&name),
-                    format!(
-                        "condition is {} bytes, over the limit of {MAX_RULE_EXPRESSION_BYTES}: split it into several rules",
-                        source.len()
-                    ),
-                ));
-            }
-            let depth = bracket_depth(source);
-            if depth > MAX_RULE_NESTING {
-                return Err(err(
-                    when_line,
-                    Some(&name),
-                    format!("condition nests {depth} brackets deep, over the limit of {MAX_RULE_NESTING}: simplify it"),
-                ));
-            }
-            let program = Program::compile(raw.when.get_ref()).map_err(|e| {
-                err(
-                    when_line,
-                    Some(&name),
-                    format!("condition does not compile:\n{e}"),
-                )
-            })?;
             let mut analysis = Analysis::default();
-            analysis.walk(program.expression(), &mut Vec::new());
-            if let Some(unknown) = analysis
-                .variables
-                .iter()
-                .find(|v| !VARIABLES.contains(&v.as_str()) && !TYPE_IDENTS.contains(&v.as_str()))
-            {
-                return Err(err(
-                    when_line,
-                    Some(&name),
-                    format!(
-                        "unknown variable `{unknown}` in the condition (available: {})",
-                        VARIABLES.join(", ")
-                    ),
-                ));
-            }
+            let mut compile = |source: &Spanned<String>, what: &str| {
+                compile_expression(source, text, what, &mut analysis)
+                    .map_err(|(line, message)| err(line, Some(&name), message))
+            };
+            let (when_line, program) = match &raw.when {
+                Some(when) => (
+                    line_of(text, when.span().start),
+                    compile(when, "condition")?,
+                ),
+                // An `all` rule's conditions say everything; `when` may narrow them.
+                None if raw.all.is_some() => (
+                    rule_line,
+                    Program::compile("true").expect("`true` compiles"),
+                ),
+                None => {
+                    return Err(err(
+                        rule_line,
+                        Some(&name),
+                        "a rule needs `when = '<CEL condition>'`".into(),
+                    ))
+                }
+            };
+            let stateful = stateful_spec(&raw, text, &mut compile)
+                .map_err(|(line, message)| err(line.unwrap_or(rule_line), Some(&name), message))?;
             let action = match raw.action.as_ref().map(|a| a.get_ref().as_str()) {
                 None | Some("route") => {
                     if raw.to.is_empty() {
@@ -266,6 +322,14 @@ impl RuleSet {
                     ));
                 }
             };
+            if stateful.is_some() && !matches!(action, RuleAction::Route(_)) {
+                return Err(err(
+                    rule_line,
+                    Some(&name),
+                    "a rule with a window routes its firings: give it `to = [...]` and no `action`"
+                        .into(),
+                ));
+            }
             if action != RuleAction::Route(raw.to.clone()) && !raw.to.is_empty() {
                 return Err(err(
                     rule_line,
@@ -280,6 +344,7 @@ impl RuleSet {
                 action,
                 topics: raw.topics,
                 keep_going: raw.keep_going,
+                stateful,
                 payload_paths: analysis.payload_paths.into_iter().collect(),
                 field_reads: analysis.field_reads,
             });
@@ -323,6 +388,205 @@ impl RuleSet {
     }
 }
 
+/// Compiles one CEL expression of a rule (`what` names it in messages), bounded in size and
+/// nesting, and adds what it reads to `analysis`. Errors carry the expression's line.
+fn compile_expression(
+    source: &Spanned<String>,
+    text: &str,
+    what: &str,
+    analysis: &mut Analysis,
+) -> Result<Program, (usize, String)> {
+    let line = line_of(text, source.span().start);
+    // Bounded at load time: the CEL parser and evaluator recurse per nesting level.
+    let code = source.get_ref();
+    if code.len() > MAX_RULE_EXPRESSION_BYTES {
+        return Err((
+            line,
+            format!(
+                "{what} is {} bytes, over the limit of {MAX_RULE_EXPRESSION_BYTES}: split it into several rules",
+                code.len()
+            ),
+        ));
+    }
+    let depth = bracket_depth(code);
+    if depth > MAX_RULE_NESTING {
+        return Err((
+            line,
+            format!("{what} nests {depth} brackets deep, over the limit of {MAX_RULE_NESTING}: simplify it"),
+        ));
+    }
+    let program =
+        Program::compile(code).map_err(|e| (line, format!("{what} does not compile:\n{e}")))?;
+    let mut own = Analysis::default();
+    own.walk(program.expression(), &mut Vec::new());
+    if let Some(unknown) = own
+        .variables
+        .iter()
+        .find(|v| !VARIABLES.contains(&v.as_str()) && !TYPE_IDENTS.contains(&v.as_str()))
+    {
+        return Err((
+            line,
+            format!(
+                "unknown variable `{unknown}` in the {what} (available: {})",
+                VARIABLES.join(", ")
+            ),
+        ));
+    }
+    analysis.merge(own);
+    Ok(program)
+}
+
+/// A window setting's duration: positive, with a unit.
+fn window_duration(
+    source: &Spanned<String>,
+    text: &str,
+    what: &str,
+) -> Result<Duration, (Option<usize>, String)> {
+    let line = Some(line_of(text, source.span().start));
+    let d = reflex_runtime::duration::parse(source.get_ref())
+        .map_err(|e| (line, format!("{what}: {e}")))?;
+    if d.is_zero() {
+        return Err((line, format!("{what} must be longer than 0")));
+    }
+    Ok(d)
+}
+
+/// The rule's window, if it has one: exactly one kind, with `group_by`.
+fn stateful_spec(
+    raw: &RawRule,
+    text: &str,
+    compile: &mut impl FnMut(&Spanned<String>, &str) -> Result<Program, RuleError>,
+) -> Result<Option<StatefulSpec>, (Option<usize>, String)> {
+    let at = |span: std::ops::Range<usize>| Some(line_of(text, span.start));
+    let rethrow = |e: RuleError| (Some(e.line), e.message);
+    let mut kinds: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+    if let Some(t) = &raw.throttle {
+        kinds.push(("throttle", t.span()));
+    }
+    if let Some(t) = &raw.threshold {
+        kinds.push(("threshold", t.span()));
+    }
+    if let Some(t) = &raw.all {
+        kinds.push(("all", t.span()));
+    }
+    if let Some(t) = &raw.absent {
+        kinds.push(("absent", t.span()));
+    }
+    if kinds.len() > 1 {
+        let names: Vec<&str> = kinds.iter().map(|(n, _)| *n).collect();
+        return Err((
+            at(kinds[1].1.clone()),
+            format!(
+                "a rule has at most one window, this one has {}: split it into several rules",
+                names.join(" and ")
+            ),
+        ));
+    }
+    let Some(group_by) = &raw.group_by else {
+        if let Some((kind, span)) = kinds.first() {
+            return Err((
+                at(span.clone()),
+                format!(
+                    "`{kind}` needs `group_by = '<CEL expression>'` naming what the window counts per (e.g. 'payload.pod')"
+                ),
+            ));
+        }
+        for (setting, value) in [("lateness", &raw.lateness), ("on_late", &raw.on_late)] {
+            if let Some(v) = value {
+                return Err((
+                    at(v.span()),
+                    format!(
+                        "`{setting}` only goes with a window (throttle, threshold, all or absent)"
+                    ),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if kinds.is_empty() {
+        return Err((
+            at(group_by.span()),
+            "`group_by` needs a window: throttle, threshold, all or absent".into(),
+        ));
+    }
+    let mut conditions = Vec::new();
+    let kind = if let Some(t) = &raw.throttle {
+        match (&t.get_ref().once_within, &t.get_ref().once_after) {
+            (Some(d), None) => Kind::OnceWithin(window_duration(d, text, "throttle.once_within")?),
+            (None, Some(d)) => Kind::OnceAfter(window_duration(d, text, "throttle.once_after")?),
+            _ => return Err((
+                at(t.span()),
+                "throttle takes one of once_within = \"<duration>\" or once_after = \"<duration>\""
+                    .into(),
+            )),
+        }
+    } else if let Some(t) = &raw.threshold {
+        let events = *t.get_ref().events.get_ref();
+        if events == 0 {
+            return Err((
+                at(t.get_ref().events.span()),
+                "threshold.events must be at least 1".into(),
+            ));
+        }
+        Kind::Threshold {
+            events,
+            within: window_duration(&t.get_ref().within, text, "threshold.within")?,
+        }
+    } else if let Some(t) = &raw.all {
+        let all = t.get_ref();
+        if all.conditions.len() < 2 || all.conditions.len() > 16 {
+            return Err((
+                at(t.span()),
+                format!(
+                    "all.conditions lists {} conditions: give 2 to 16",
+                    all.conditions.len()
+                ),
+            ));
+        }
+        for c in &all.conditions {
+            conditions.push(compile(c, "all condition").map_err(rethrow)?);
+        }
+        Kind::All {
+            conditions: all.conditions.len() as u32,
+            within: window_duration(&all.within, text, "all.within")?,
+        }
+    } else if let Some(t) = &raw.absent {
+        conditions.push(compile(&t.get_ref().recovery, "absent.recovery").map_err(rethrow)?);
+        Kind::Absent {
+            within: window_duration(&t.get_ref().within, text, "absent.within")?,
+        }
+    } else {
+        unreachable!("kinds is not empty");
+    };
+    let group_by = compile(group_by, "group_by").map_err(rethrow)?;
+    let lateness = match &raw.lateness {
+        None => Duration::ZERO,
+        Some(l) => reflex_runtime::duration::parse(l.get_ref())
+            .map_err(|e| (at(l.span()), format!("lateness: {e}")))?,
+    };
+    let on_late = match raw
+        .on_late
+        .as_ref()
+        .map(|o| (o.get_ref().as_str(), o.span()))
+    {
+        None | Some(("dead-letter", _)) => OnLate::DeadLetter,
+        Some(("drop", _)) => OnLate::Drop,
+        Some((other, span)) => {
+            return Err((
+                at(span),
+                format!("on_late = `{other}`: use \"dead-letter\" or \"drop\""),
+            ))
+        }
+    };
+    Ok(Some(StatefulSpec {
+        kind,
+        group_by,
+        lateness,
+        on_late,
+        conditions,
+    }))
+}
+
 /// Free variables and `payload.<path>` selections of a condition.
 #[derive(Default)]
 struct Analysis {
@@ -332,6 +596,24 @@ struct Analysis {
 }
 
 impl Analysis {
+    /// Adds what another expression of the same rule reads.
+    fn merge(&mut self, other: Analysis) {
+        self.variables.extend(other.variables);
+        self.payload_paths.extend(other.payload_paths);
+        for (variable, fields) in other.field_reads {
+            match (
+                self.field_reads
+                    .entry(variable)
+                    .or_insert_with(|| Some(BTreeSet::new())),
+                fields,
+            ) {
+                (slot @ Some(_), None) => *slot = None,
+                (Some(mine), Some(theirs)) => mine.extend(theirs),
+                (None, _) => {}
+            }
+        }
+    }
+
     fn walk(&mut self, e: &IdedExpr, bound: &mut Vec<String>) {
         match &e.expr {
             Expr::Ident(name) => {

@@ -970,14 +970,9 @@ impl Job {
     /// `reflexctl rules test` run in process over the recorded events the plan drew.
     async fn drop_oracle(&self) -> anyhow::Result<HashSet<String>> {
         let args = reflexctl::rules_test::RulesTestArgs {
-            pack: self.pack.dir.clone(),
             events: Some(self.pack.events_file.clone()),
-            topic: None,
-            event_type: None,
-            source: None,
-            key_field: None,
             id: "e".into(),
-            headers: Vec::new(),
+            ..reflexctl::rules_test::RulesTestArgs::for_pack(self.pack.dir.clone())
         };
         let report = reflexctl::rules_test::shadow(&args).await?;
         std::fs::write(self.logs.join("rules-test.txt"), &report)?;
@@ -1174,14 +1169,8 @@ mod tests {
     async fn the_rules_oracle_reads_the_crash_loop_pack() {
         std::env::set_current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).unwrap();
         let args = reflexctl::rules_test::RulesTestArgs {
-            pack: "examples/crash-loop".into(),
-            events: None,
-            topic: None,
-            event_type: None,
-            source: None,
-            key_field: None,
             id: "e".into(),
-            headers: Vec::new(),
+            ..reflexctl::rules_test::RulesTestArgs::for_pack("examples/crash-loop")
         };
         let report = reflexctl::rules_test::shadow(&args).await.unwrap();
         let dropped = unrecorded_events(&report);
