@@ -837,4 +837,69 @@ action = "drop"
             "{e}"
         );
     }
+
+    #[test]
+    fn windows_are_checked_at_load_with_file_line_and_rule() {
+        let ok = parse(
+            "[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\ngroup_by = 'payload.owner.team'\nthrottle = { once_within = \"10m\" }\nlateness = \"5s\"\non_late = \"drop\"\n",
+        )
+        .unwrap();
+        let spec = ok.rules[0].stateful.as_ref().unwrap();
+        assert_eq!(spec.kind, Kind::OnceWithin(Duration::from_secs(600)));
+        assert_eq!(spec.lateness, Duration::from_secs(5));
+        assert_eq!(spec.on_late, OnLate::Drop);
+        assert!(
+            ok.rules[0].payload_paths.contains(&vec!["owner".to_string(), "team".to_string()]),
+            "group_by fields are checked against the schema too"
+        );
+        let e = ok.check_schema("in", "in-value", SCHEMA);
+        assert!(e.is_ok(), "{e:?}");
+        let bad_field = parse("[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\ngroup_by = 'payload.pod'\nthrottle = { once_within = \"10m\" }\n").unwrap();
+        let e = bad_field.check_schema("in", "in-value", SCHEMA).unwrap_err();
+        assert!(e.to_string().contains("payload.pod does not exist"), "{e}");
+
+        let cases = [
+            (
+                "[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\nthrottle = { once_within = \"10m\" }\n",
+                5,
+                "`throttle` needs `group_by",
+            ),
+            (
+                "[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\ngroup_by = 'key'\n",
+                5,
+                "`group_by` needs a window",
+            ),
+            (
+                "[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\ngroup_by = 'key'\nthreshold = { events = 3, within = \"10 minutes\" }\n",
+                6,
+                "threshold.within: `10 minutes` is not a duration",
+            ),
+            (
+                "[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\ngroup_by = 'key'\nthrottle = { once_within = \"1m\" }\nabsent = { recovery = 'true', within = \"1m\" }\n",
+                7,
+                "at most one window",
+            ),
+            (
+                "[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\ngroup_by = 'pod.name'\nthrottle = { once_within = \"1m\" }\n",
+                5,
+                "unknown variable `pod` in the group_by",
+            ),
+            (
+                "[[rule]]\nname = \"w\"\nwhen = 'true'\naction = \"drop\"\ngroup_by = 'key'\nthrottle = { once_within = \"1m\" }\n",
+                1,
+                "routes its firings",
+            ),
+            (
+                "[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\nlateness = \"5s\"\n",
+                5,
+                "`lateness` only goes with a window",
+            ),
+        ];
+        for (text, line, message) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.rule.as_deref(), Some("w"), "{e}");
+            assert_eq!(e.line, line, "{e}");
+            assert!(e.to_string().contains(message), "{e}");
+        }
+    }
 }
