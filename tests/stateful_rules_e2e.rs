@@ -38,7 +38,10 @@ fn firings(messages: &[OwnedMessage]) -> BTreeSet<Firing> {
         let id = header_str(m, "ce_id").unwrap_or_default().to_string();
         let f = firing_of(m);
         if let Some(first) = ids.get(&f) {
-            assert_eq!(first, &id, "two copies of firing {f:?} with different ce_ids");
+            assert_eq!(
+                first, &id,
+                "two copies of firing {f:?} with different ce_ids"
+            );
         }
         ids.insert(f, id);
     }
@@ -237,10 +240,7 @@ async fn each_window_kind_fires_exactly_the_expected_windows() {
     assert_eq!(fired, expected, "log: {}", read_log(&log));
     assert_eq!(got.len(), expected.len(), "no firing twice");
     // What fed the windows travels with the firing.
-    let c = got
-        .iter()
-        .find(|m| firing_of(m).1 == "c")
-        .expect("c fired");
+    let c = got.iter().find(|m| firing_of(m).1 == "c").expect("c fired");
     assert_eq!(header_str(c, rh::WINDOW_EVENTS), Some("3"));
     assert_eq!(
         header_str(c, rh::FED_BY),
@@ -248,10 +248,18 @@ async fn each_window_kind_fires_exactly_the_expected_windows() {
     );
     let h = got.iter().find(|m| firing_of(m).1 == "h").unwrap();
     assert_eq!(header_str(h, rh::FIRED_BY), Some("timer"));
-    assert_eq!(header_str(h, "ce_id"), Some("h-t.down-0"), "the trigger is forwarded");
+    assert_eq!(
+        header_str(h, "ce_id"),
+        Some("h-t.down-0"),
+        "the trigger is forwarded"
+    );
     let i = got.iter().find(|m| firing_of(m).1 == "i").unwrap();
     assert_eq!(header_str(i, rh::WINDOW_EVENTS), Some("4"));
-    assert_eq!(header_str(i, "ce_id"), Some("i-t.burst-1500"), "the last event of the burst");
+    assert_eq!(
+        header_str(i, "ce_id"),
+        Some("i-t.burst-1500"),
+        "the last event of the burst"
+    );
 
     // Suppressed events are counted per rule and reason.
     let addr = http_address(&log).expect("the router logs its /metrics address");
@@ -480,14 +488,8 @@ async fn out_of_order_within_the_lateness_matches_in_order_and_late_is_dead_lett
         publish(&stack, &input, schema_id, base, events).await;
         let rules = write_rules(name, &LATE_RULES.replace("OUT", &out));
         let log = std::env::temp_dir().join(unique("router-late"));
-        let router = spawn_stateful_router(
-            &stack,
-            &unique(name),
-            &input,
-            &rules,
-            &unique(name),
-            &log,
-        );
+        let router =
+            spawn_stateful_router(&stack, &unique(name), &input, &rules, &unique(name), &log);
         // Per pod, throttle: windows from 0, 4.2 and 8.4 s; threshold (windows open at the
         // first event after the last one closed): 0, 2.1, 4.2 and 6.3 s reach 4 events, 8.4 s
         // does not. The last events wait for the wall clock (lateness + timer_delay).

@@ -73,6 +73,11 @@ pub struct Pack {
     pub outcomes_topic: String,
     pub held_topic: String,
     pub actions: Vec<ActionInfo>,
+    /// Rules with `throttle.once_within`: each fires at most once per group per window, a
+    /// bound the main job checks per target.
+    pub throttles: Vec<(String, std::time::Duration)>,
+    /// Every stateful rule's name (its firings and suppressions are shown).
+    pub windowed_rules: Vec<String>,
     /// Stages in [`STAGES`] order (the reprocessor always: without a file of its own it reads
     /// the pack's dead-letter topics in a group named after the pack).
     pub stages: Vec<(String, StageInfo)>,
@@ -124,10 +129,25 @@ impl Pack {
             inputs: kafka.input_topics.clone(),
         };
         let router_path = required("router")?;
-        let router = stage_info(
-            router_path.clone(),
-            &load_stage::<RouterSettings>(&router_path)?.kafka,
-        );
+        let router_config = load_stage::<RouterSettings>(&router_path)?;
+        let router = stage_info(router_path.clone(), &router_config.kafka);
+        let rules_file = &router_config.stage.rules_file;
+        let rules =
+            reflex_router::rules::RuleSet::load(rules_file).map_err(|e| pack_err(rules_file, e))?;
+        let throttles = rules
+            .rules
+            .iter()
+            .filter_map(|r| match r.stateful.as_ref()?.kind {
+                reflex_router::rules::Kind::OnceWithin(d) => Some((r.name.clone(), d)),
+                _ => None,
+            })
+            .collect();
+        let windowed_rules = rules
+            .rules
+            .iter()
+            .filter(|r| r.stateful.is_some())
+            .map(|r| r.name.clone())
+            .collect();
         let enricher_path = required("enricher")?;
         let enricher = stage_info(
             enricher_path.clone(),
@@ -191,6 +211,8 @@ impl Pack {
             outcomes_topic: actor.stage.outcomes_topic.clone(),
             held_topic: actor.stage.held_topic.clone(),
             actions,
+            throttles,
+            windowed_rules,
             stages: vec![
                 ("router".into(), router),
                 ("enricher".into(), enricher),
@@ -267,6 +289,19 @@ mod tests {
         assert!(p
             .dead_letter_topics()
             .contains(&"examples.crash-loop.events.dlq".to_string()));
-        assert_eq!(p.recorded_events().unwrap().len(), 7);
+        assert_eq!(p.recorded_events().unwrap().len(), 10);
+        assert_eq!(
+            p.throttles,
+            vec![
+                (
+                    "crashloop-restart".to_string(),
+                    std::time::Duration::from_secs(600)
+                ),
+                (
+                    "crashloop-escalate".to_string(),
+                    std::time::Duration::from_secs(1800)
+                ),
+            ]
+        );
     }
 }

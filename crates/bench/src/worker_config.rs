@@ -27,6 +27,8 @@ pub struct WorkerSettings {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub router_rules_file: Option<PathBuf>,
+    /// Key prefix of the router's stateful windows (one per run, so runs do not share them).
+    pub router_state_prefix: Option<String>,
     pub enricher_bindings_file: Option<PathBuf>,
     pub enricher_output_topic: Option<String>,
     pub enricher_redis_url: Option<String>,
@@ -64,6 +66,7 @@ impl WorkerSettings {
         set("TELEMETRY__LOG_FORMAT", self.log_format.clone());
         set("TELEMETRY__LOG_LEVEL", self.log_level.clone());
         set("ROUTER__RULES_FILE", path(&self.router_rules_file));
+        set("ROUTER__STATE_PREFIX", self.router_state_prefix.clone());
         set(
             "ENRICHER__BINDINGS_FILE",
             path(&self.enricher_bindings_file),

@@ -428,13 +428,18 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
             .as_ref()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_else(|| "-".into());
+        // The virtual clock is shown only where windows read it.
+        let clock = if ticker.is_some() {
+            format!(" at {}", reflex_router::stateful::rfc3339(now))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "event {} key={key} ce_id={}-{} at {}",
+            "event {} key={key} ce_id={}-{}{clock}",
             index + 1,
             args.id,
             index + 1,
-            reflex_router::stateful::rfc3339(now)
         );
         let outputs = match router.verdict(event).await {
             Err(e) => {
@@ -487,12 +492,16 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
             .follow(fired, events.len(), &mut out, &mut tally, &mut blast)
             .await?;
     }
+    let absorbed = if ticker.is_some() {
+        format!(", {} absorbed by windows", tally.absorbed)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "summary: {}: {} routed, {} absorbed by windows, {} dropped, {} dead-lettered",
+        "summary: {}: {} routed{absorbed}, {} dropped, {} dead-lettered",
         plural(events.len(), "event"),
         tally.routed,
-        tally.absorbed,
         tally.dropped,
         tally.dead_lettered
     );
@@ -556,13 +565,13 @@ impl WindowTally {
                         entry.0 += 1;
                         let _ = writeln!(
                             out,
-                            "  window: rule {} group {} FIRED by {} (window {} .. {}, {} events)",
+                            "  window: rule {} group {} FIRED by {} (window {} .. {}, {})",
                             note.rule,
                             note.group,
                             if f.by_timer { "timer" } else { "event" },
                             reflex_router::stateful::rfc3339(f.start),
                             reflex_router::stateful::rfc3339(f.end),
-                            f.count
+                            plural(f.count as usize, "event")
                         );
                     }
                     Effect::Suppressed(reason) => {

@@ -849,13 +849,17 @@ action = "drop"
         assert_eq!(spec.lateness, Duration::from_secs(5));
         assert_eq!(spec.on_late, OnLate::Drop);
         assert!(
-            ok.rules[0].payload_paths.contains(&vec!["owner".to_string(), "team".to_string()]),
+            ok.rules[0]
+                .payload_paths
+                .contains(&vec!["owner".to_string(), "team".to_string()]),
             "group_by fields are checked against the schema too"
         );
         let e = ok.check_schema("in", "in-value", SCHEMA);
         assert!(e.is_ok(), "{e:?}");
         let bad_field = parse("[[rule]]\nname = \"w\"\nwhen = 'true'\nto = [\"t\"]\ngroup_by = 'payload.pod'\nthrottle = { once_within = \"10m\" }\n").unwrap();
-        let e = bad_field.check_schema("in", "in-value", SCHEMA).unwrap_err();
+        let e = bad_field
+            .check_schema("in", "in-value", SCHEMA)
+            .unwrap_err();
         assert!(e.to_string().contains("payload.pod does not exist"), "{e}");
 
         let cases = [

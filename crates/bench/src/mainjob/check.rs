@@ -22,6 +22,10 @@ pub enum Seen {
         result: String,
         idempotency_key: String,
         last: bool,
+        /// The router rule that fired it and the action's target (the throttle bound is per
+        /// rule and target).
+        rule: Option<String>,
+        target: String,
     },
     DeadLetter {
         event_id: String,
@@ -68,6 +72,10 @@ pub struct Evidence {
     pub window_start_ms: i64,
     pub window_end_ms: i64,
     pub exits: Vec<Exit>,
+    /// Rules throttled `once_within` a window: at most one firing per group per window.
+    pub throttles: Vec<(String, std::time::Duration)>,
+    /// Per stateful rule: firings and suppressed events, from the routers' metrics.
+    pub windows: BTreeMap<String, (u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +107,10 @@ pub struct Verdict {
     pub dead_classes: BTreeMap<String, u64>,
     pub held_records: BTreeMap<String, u64>,
     pub suppressed: u64,
+    /// Per stateful rule: firings and suppressed events.
+    pub windows: BTreeMap<String, (u64, u64)>,
+    /// Per throttled rule: the most effects one target got, over how many targets.
+    pub per_target: BTreeMap<String, (u64, usize)>,
     /// Terminal records beyond one per published record (fan-out to several actions, replays).
     pub extra: u64,
     pub injected: BTreeMap<String, Json>,
@@ -126,6 +138,8 @@ pub fn check(e: &Evidence) -> Verdict {
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut succeeded_keys: BTreeMap<&str, u64> = BTreeMap::new();
     let mut http_succeeded: BTreeSet<&str> = BTreeSet::new();
+    // (rule, target) → effects (final SUCCEEDED outcomes).
+    let mut effects_by_target: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let kind = |action: &str| {
         e.actions
             .iter()
@@ -140,9 +154,16 @@ pub fn check(e: &Evidence) -> Verdict {
                 result,
                 idempotency_key,
                 last,
+                rule,
+                target,
             } => {
                 if !last {
                     continue;
+                }
+                if result == "SUCCEEDED" {
+                    if let Some(rule) = rule {
+                        *effects_by_target.entry((rule, target)).or_default() += 1;
+                    }
                 }
                 *finals
                     .entry(event_id)
@@ -360,6 +381,33 @@ pub fn check(e: &Evidence) -> Verdict {
             ),
         );
     }
+    let mut per_target = BTreeMap::new();
+    for (rule, window) in &e.throttles {
+        // A throttle fires at most once per window per group; a run of span T touches at most
+        // T / window + 1 windows of one group.
+        let span = (e.window_end_ms - e.window_start_ms).max(0) as u128;
+        let bound = (span / window.as_millis().max(1)) as u64 + 1;
+        let counts: Vec<u64> = effects_by_target
+            .iter()
+            .filter(|((r, _), _)| r == rule)
+            .map(|(_, n)| *n)
+            .collect();
+        let most = counts.iter().copied().max().unwrap_or(0);
+        per_target.insert(rule.clone(), (most, counts.len()));
+        let (fired, suppressed) = e.windows.get(rule).copied().unwrap_or_default();
+        add(
+            most <= bound,
+            format!(
+                "per-target bound: rule {rule} took effect at most {most} time{} per target over {} target{} (throttle once per {}, bound {bound} in this run); router fired {} and suppressed {}",
+                if most == 1 { "" } else { "s" },
+                counts.len(),
+                if counts.len() == 1 { "" } else { "s" },
+                reflex_runtime::duration::format(*window),
+                fmt(fired),
+                fmt(suppressed)
+            ),
+        );
+    }
     for x in &e.exits {
         if x.must_drain {
             add(
@@ -412,6 +460,8 @@ pub fn check(e: &Evidence) -> Verdict {
         dead_classes,
         held_records,
         suppressed,
+        windows: e.windows.clone(),
+        per_target,
         extra,
         injected,
     }
@@ -429,6 +479,8 @@ mod tests {
             result: result.into(),
             idempotency_key: format!("{action}:{eid}"),
             last: true,
+            rule: Some(format!("{action}-rule")),
+            target: format!("pod-of-{eid}"),
         }
     }
 
@@ -582,6 +634,45 @@ mod tests {
         assert_eq!(v.lost, 1);
         assert_eq!(v.lost_ids, ["e3"]);
         assert!(!v.passed);
+    }
+
+    #[test]
+    fn a_throttled_rule_taking_effect_twice_on_one_target_in_its_window_fails() {
+        let mut e = clean();
+        e.window_start_ms = 0;
+        e.window_end_ms = 60_000;
+        e.throttles = vec![("restart-rule".into(), Duration::from_secs(600))];
+        e.windows = BTreeMap::from([("restart-rule".into(), (1, 40))]);
+        let v = check(&e);
+        assert!(v.passed, "{:?}", failed(&v));
+        assert_eq!(v.per_target["restart-rule"], (1, 1));
+        let bound = v
+            .checks
+            .iter()
+            .find(|c| c.check.starts_with("per-target bound"))
+            .unwrap();
+        assert!(
+            bound.check.contains("fired 1 and suppressed 40"),
+            "{}",
+            bound.check
+        );
+        // A second effect on the same pod within the 10 minutes breaks the bound.
+        e.published.insert("e5".into(), 1);
+        e.records.push(Seen::Outcome {
+            event_id: "e5".into(),
+            action: "restart".into(),
+            result: "SUCCEEDED".into(),
+            idempotency_key: "restart:e5".into(),
+            last: true,
+            rule: Some("restart-rule".into()),
+            target: "pod-of-e1".into(),
+        });
+        let v = check(&e);
+        assert!(
+            failed(&v).iter().any(|c| c.starts_with("per-target bound")),
+            "{:?}",
+            failed(&v)
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Progress {
     pub requests: u64,
     pub keys: u64,
     pub repeated_keys: u64,
+    /// Per stateful rule of the pack: firings and suppressed events so far.
+    pub windows: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 /// One frame: the fleet as `reflexctl top` draws it, then [`job_lines`], then a blank line.
@@ -57,10 +59,21 @@ pub fn job_lines(p: &Progress) -> String {
     } else {
         0.0
     };
+    let windows: String = p
+        .windows
+        .iter()
+        .map(|(rule, (fired, suppressed))| {
+            format!(
+                "window {rule} │ fired {} │ suppressed {}\n",
+                fmt(*fired),
+                fmt(*suppressed)
+            )
+        })
+        .collect();
     format!(
         "main job │ {phase}\n\
          published {} at {per_second:.0}/s (target {:.0}/s) │ acked {} │ publish errors {}\n\
-         target API {} requests │ {} keys │ {} repeated\n",
+         target API {} requests │ {} keys │ {} repeated\n{windows}",
         fmt(p.sent),
         p.rate,
         fmt(p.acked),
@@ -90,6 +103,7 @@ mod tests {
             requests: 1_204,
             keys: 1_201,
             repeated_keys: 3,
+            windows: [("crashloop-restart".to_string(), (50, 12_345))].into(),
         }
     }
 
@@ -103,6 +117,7 @@ mod tests {
                 "main job │ publishing 12/15 s │ Ctrl-C: stop, drain and check",
                 "published 2,480 at 200/s (target 200/s) │ acked 2,478 │ publish errors 2",
                 "target API 1,204 requests │ 1,201 keys │ 3 repeated",
+                "window crashloop-restart │ fired 50 │ suppressed 12,345",
             ]
         );
         for line in lines {
@@ -159,6 +174,6 @@ mod tests {
         assert!(lines[0].starts_with("reflex top │ 4/4 workers up"), "{top}");
         assert!(lines[6].starts_with("│ reprocessor 1/1"), "{top}");
         assert_eq!(lines.last(), Some(&" kill switch - (no actor)"), "{top}");
-        assert!(text.ends_with("repeated\n\n"), "{text}");
+        assert!(text.ends_with("suppressed 12,345\n\n"), "{text}");
     }
 }
