@@ -324,8 +324,6 @@ impl Job {
             commit_interval: Some(Duration::from_millis(500)),
             drain_grace: Some(Duration::from_secs(8)),
             state_url: self.options.state_url.clone(),
-            // Windows of this run only: another run's throttles would suppress its firings.
-            router_state_prefix: Some(format!("reflex-main-job-{}", self.run_id)),
             ..Default::default()
         };
         if !self.args.group_suffix.is_empty() || info.config.is_none() {
@@ -341,6 +339,15 @@ impl Job {
                     Some(format!("{}-{}", self.actor_redis_prefix(), self.run_id));
             }
             "reprocessor" => settings.input_topics = Some(info.inputs.clone()),
+            "router" if !self.pack.windowed_rules.is_empty() => {
+                // Stateful rules keep their windows in the run's Redis (as the actor its
+                // claims), under this run's prefix: another run's throttles must not
+                // suppress its firings.
+                if settings.state_url.is_none() && !self.args.redis.is_empty() {
+                    settings.state_url = Some(self.args.redis.clone());
+                }
+                settings.router_state_prefix = Some(format!("reflex-main-job-{}", self.run_id));
+            }
             _ => {}
         }
         let mut c = Command::new(binary);
