@@ -213,6 +213,9 @@ pub fn check(e: &Evidence) -> Verdict {
         }
         let mut take = k.min(got);
         extra += got - take;
+        // A copy with no record of its own (the second copy of an event published twice,
+        // taken by a stateful rule's window after the first fired) ended like a drop.
+        unended += k - take;
         for (slot, v) in [
             (&mut to_outcomes, n_out),
             (&mut to_held, n_held),
@@ -643,6 +646,14 @@ mod tests {
         e.window_end_ms = 60_000;
         e.throttles = vec![("restart-rule".into(), Duration::from_secs(600))];
         e.windows = BTreeMap::from([("restart-rule".into(), (1, 40))]);
+        // An event published twice whose second copy the throttle took: one outcome, one drop.
+        e.published.insert("e6".into(), 2);
+        e.records.push(outcome("e6", "page", "SUCCEEDED"));
+        e.target.requests += 1;
+        e.target.keys += 1;
+        e.target.applied_keys += 1;
+        e.target.applied.insert("page:e6".into());
+        e.dropped_by_workers += 1;
         let v = check(&e);
         assert!(v.passed, "{:?}", failed(&v));
         assert_eq!(v.per_target["restart-rule"], (1, 1));

@@ -118,6 +118,9 @@ struct Seen {
     topic: String,
     partition: i32,
     high: i64,
+    /// Stored as a bitmap from the lowest listed offset to `high` (at most `span` bits, a few
+    /// hundred bytes), not as numbers: the state is read and written for every event.
+    #[serde(with = "offset_bits")]
     offsets: Vec<i64>,
 }
 
@@ -548,6 +551,46 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
+/// A sorted list of offsets as `"<first>:<base64 bitmap of first..=last>"`.
+mod offset_bits {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(offsets: &[i64], s: S) -> Result<S::Ok, S::Error> {
+        let Some(first) = offsets.first() else {
+            return s.serialize_str("");
+        };
+        let span = (offsets[offsets.len() - 1] - first) as usize + 1;
+        let mut bits = vec![0u8; span.div_ceil(8)];
+        for o in offsets {
+            let i = (o - first) as usize;
+            bits[i / 8] |= 1 << (i % 8);
+        }
+        let text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(bits);
+        s.serialize_str(&format!("{first}:{text}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bad = || serde::de::Error::custom("offsets are not `<first>:<base64 bitmap>`");
+        let (first, bits) = text.split_once(':').ok_or_else(bad)?;
+        let first: i64 = first.parse().map_err(|_| bad())?;
+        let bits = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(bits)
+            .map_err(|_| bad())?;
+        Ok(bits
+            .iter()
+            .enumerate()
+            .flat_map(|(byte, b)| {
+                (0..8).filter(move |bit| b & (1 << bit) != 0).map(move |bit| first + (byte * 8 + bit) as i64)
+            })
+            .collect())
+    }
+}
+
 mod b64 {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -810,6 +853,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn taken_offsets_survive_the_stored_form() {
+        let seen = Seen {
+            topic: "t".into(),
+            partition: 2,
+            high: 4100,
+            offsets: vec![101, 102, 108, 2000, 4099, 4100],
+        };
+        let json = serde_json::to_string(&seen).unwrap();
+        assert!(json.len() < 800, "{} bytes: {json}", json.len());
+        assert_eq!(serde_json::from_str::<Seen>(&json).unwrap(), seen);
+        let empty = Seen::default();
+        let json = serde_json::to_string(&empty).unwrap();
+        assert_eq!(serde_json::from_str::<Seen>(&json).unwrap(), empty);
     }
 
     #[test]
