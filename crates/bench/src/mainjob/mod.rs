@@ -1079,8 +1079,9 @@ impl Job {
                 .get(rule)
                 .map(|(most, targets)| {
                     format!(
-                        "; at most {most} per target over {} targets",
-                        fmt(*targets as u64)
+                        "; at most {most} per target over {} target{}",
+                        fmt(*targets as u64),
+                        if *targets == 1 { "" } else { "s" }
                     )
                 })
                 .unwrap_or_default();

@@ -585,7 +585,9 @@ mod offset_bits {
             .iter()
             .enumerate()
             .flat_map(|(byte, b)| {
-                (0..8).filter(move |bit| b & (1 << bit) != 0).map(move |bit| first + (byte * 8 + bit) as i64)
+                (0..8)
+                    .filter(move |bit| b & (1 << bit) != 0)
+                    .map(move |bit| first + (byte * 8 + bit) as i64)
             })
             .collect())
     }
