@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod events;
+pub mod guards;
 pub mod view;
 
 use std::collections::{BTreeMap, HashSet};
@@ -594,6 +595,18 @@ impl Job {
 
     // -- the run
 
+    /// Locks waited and approvals pending, from the actors' latest `/metrics`.
+    async fn guards(&self) -> guards::Guards {
+        let fleet = self.fleet.lock().await;
+        guards::Guards::of(
+            fleet
+                .slots
+                .iter()
+                .filter(|s| s.stage == "actor")
+                .map(|s| &s.metrics),
+        )
+    }
+
     /// The view's lines only the job knows: publishing and the target's requests.
     fn progress(&self) -> view::Progress {
         let target = self.target().map(|t| t.stats()).unwrap_or_default();
@@ -692,7 +705,10 @@ impl Job {
             // The fault suite supervises every 500 ms; a frame a second is enough to read.
             if last_frame.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_frame = Some(Instant::now());
-                print!("{}", view::frame(&seen, &self.progress()));
+                print!(
+                    "{}",
+                    view::frame(&seen, &self.progress().with(self.guards().await))
+                );
             }
             if let Some(dead) = self.exited_unexpectedly().await {
                 if !self.options.supervise {
@@ -736,7 +752,8 @@ impl Job {
         publishing.abort();
         generator.settle().await;
         let seen = tracker.observe(self.scrape().await);
-        print!("{}", view::frame(&seen, &self.progress()));
+        let guards = self.guards().await;
+        print!("{}", view::frame(&seen, &self.progress().with(guards)));
         let dropped_by_workers = {
             let fleet = self.fleet.lock().await;
             fleet
@@ -796,7 +813,7 @@ impl Job {
             exits,
         };
         let verdict = check::check(&evidence);
-        self.report(&verdict, &generator).await?;
+        self.report(&verdict, &generator, &guards).await?;
         Ok(if verdict.passed { 0 } else { 1 })
     }
 
@@ -938,7 +955,10 @@ impl Job {
                     action: o.action,
                     result,
                     idempotency_key: o.idempotency_key,
-                    last: header(m, reflex_actor::FINAL_HEADER).as_deref() == Some("true"),
+                    // A request held for a human decision ends the job's accounting there
+                    // (like HELD): nobody decides during the run.
+                    last: header(m, reflex_actor::FINAL_HEADER).as_deref() == Some("true")
+                        || o.result == reflex_core::actions::ActionResult::PendingApproval,
                 });
             } else if let Some(eid) = event_id(m) {
                 if dlqs.contains(m.topic()) {
@@ -992,7 +1012,12 @@ impl Job {
     }
 
     /// Prints the summary and writes summary.json.
-    async fn report(&self, v: &Verdict, generator: &Generator) -> anyhow::Result<()> {
+    async fn report(
+        &self,
+        v: &Verdict,
+        generator: &Generator,
+        guards: &guards::Guards,
+    ) -> anyhow::Result<()> {
         let p = &generator.published;
         let secs = match (p.started.get(), p.ended.get()) {
             (Some(s), Some(e)) => (*e - *s).as_secs_f64(),
@@ -1073,6 +1098,7 @@ impl Job {
                 Some(format!("{} {cpu:.1} s CPU, {rss:.0} MiB peak RSS", s.key))
             })
             .collect();
+        let _ = writeln!(out, "{}", guards::summary_line(guards));
         let _ = writeln!(out, "workers     {}", figures.join("; "));
         if v.extra > 0 {
             let _ = writeln!(
@@ -1114,6 +1140,7 @@ impl Job {
             "publish_seconds": secs,
             "restarts": fleet.restarts,
             "workers": workers,
+            "guards": guards,
         });
         if let (Some(s), Some(x)) = (summary.as_object_mut(), extra.as_object()) {
             s.extend(x.clone());
