@@ -172,7 +172,7 @@ impl Actor {
             tokio::time::sleep(self.settings.claim_poll.max(Duration::from_millis(10))).await;
         }
         metrics::histogram!(m::LOCK_WAIT_SECONDS, "action" => name.clone())
-            .record(wait_seconds(event, started));
+            .record(wait_seconds(event, started, waited));
         let renew = async {
             loop {
                 tokio::time::sleep(lease / 3).await;
@@ -205,8 +205,9 @@ impl Actor {
 }
 
 /// Seconds from the first try to now: from the request's first failure when it is a
-/// redelivery (it was deferred before), else from `started`.
-fn wait_seconds(event: &Event, started: Instant) -> f64 {
+/// redelivery (it was deferred before), else from `started` if it `waited` here, else 0 (the
+/// lock was free: the round trip is not a wait).
+fn wait_seconds(event: &Event, started: Instant, waited: bool) -> f64 {
     let first_failure = event
         .headers
         .get(rh::REDELIVERY_ATTEMPT)
@@ -214,7 +215,8 @@ fn wait_seconds(event: &Event, started: Instant) -> f64 {
         .and_then(|v| v.parse::<i64>().ok());
     match first_failure {
         Some(ms) => ((store::now_ms() - ms).max(0) as f64) / 1000.0,
-        None => started.elapsed().as_secs_f64(),
+        None if waited => started.elapsed().as_secs_f64(),
+        None => 0.0,
     }
 }
 
