@@ -303,11 +303,17 @@ impl Actor {
                 ActionResult::DryRun,
                 ActionResult::Held,
                 ActionResult::Rejected,
-                ActionResult::PendingApproval,
-                ActionResult::Approved,
-                ActionResult::Denied,
-                ActionResult::Expired,
-            ] {
+            ]
+            .into_iter()
+            // The approval results only for actions that ask (`reflexctl top` lists the others).
+            .chain(a.settings.approval.iter().flat_map(|_| {
+                [
+                    ActionResult::PendingApproval,
+                    ActionResult::Approved,
+                    ActionResult::Denied,
+                    ActionResult::Expired,
+                ]
+            })) {
                 metrics::counter!(m::ACTIONS, "action" => name.clone(), "result" => result.as_str())
                     .increment(0);
             }
