@@ -123,7 +123,8 @@ pub struct ActorSettings {
     #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
     pub done_ttl: Duration,
     /// Lease of a per-target lock (an action's `lock`). The holder renews it every third of the
-    /// lease while it runs; a crashed holder's lock expires after it.
+    /// lease while it runs; a crashed holder's lock expires after it. Keep it well below the
+    /// time the reprocessor's redeliveries of a deferred request span (about 30 s by default).
     #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
     pub lock_lease: Duration,
     /// How long a request whose lock another action holds polls for it in place before it is
