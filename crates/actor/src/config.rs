@@ -772,6 +772,24 @@ url = "{{ target | raw }}"
                 "method",
                 "not an HTTP method",
             ),
+            (
+                "kind = \"log\"\nlock = \"{{ payload.host }}\"\n",
+                6,
+                "lock",
+                "no field `payload`",
+            ),
+            (
+                "kind = \"log\"\napproval = { when = 'payload.env == \"prod\"' }\n",
+                6,
+                "approval",
+                "no field `payload`",
+            ),
+            (
+                "kind = \"log\"\napproval = { timeout = \"0\" }\n",
+                6,
+                "approval",
+                "timeout must be positive",
+            ),
         ];
         for (tail, line, field, message) in cases {
             let text = format!("{base}{tail}");

@@ -63,6 +63,15 @@
 //!   above it the request is held (outcome `HELD`, the original record on
 //!   `actor.held_topic`, a warn log line, `reflex_blast_radius_held_total`), not executed.
 //!
+//! **Per-target locks** ([`lock`]): an action's `lock` template names a Redis lease that no two
+//! actions hold at once; a request finding it held is deferred through the dead-letter topic
+//! and the reprocessor, so its lane and partition move on.
+//!
+//! **Approvals** ([`approval`]): an action's `approval` holds its requests (in Redis, with a
+//! `PENDING_APPROVAL` outcome and a record on `actor.approvals_topic`) until a decision arrives
+//! on `actor.decisions_topic` (`reflexctl approvals approve|deny`, or the timeout sweeper); an
+//! approved request then takes the normal claim path, so it runs at most once.
+//!
 //! **Outbound allowlist**: a rendered URL whose host is not in `actor.allowed_hosts` (or scheme
 //! not in `actor.allowed_schemes`) is a permanent error naming the host and the setting, never sent.
 //!
