@@ -241,7 +241,9 @@ mod tests {
     #[tokio::test]
     async fn one_holder_at_a_time_released_by_its_owner_only_and_expiring() {
         for b in backends().await {
-            let lease = Duration::from_millis(300);
+            // Long enough not to lapse between steps on a loaded machine; the expiry below
+            // uses a short one.
+            let lease = Duration::from_secs(5);
             assert_eq!(
                 b.lock_try("pod-1", "a", lease).await.unwrap(),
                 LockTry::Acquired
@@ -264,11 +266,13 @@ mod tests {
             );
             assert!(b.lock_release("pod-1", "a").await.unwrap());
             assert_eq!(
-                b.lock_try("pod-1", "b", lease).await.unwrap(),
+                b.lock_try("pod-1", "b", Duration::from_millis(200))
+                    .await
+                    .unwrap(),
                 LockTry::Acquired
             );
             // b dies holding it: the lease runs out and c gets it.
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
             assert_eq!(
                 b.lock_try("pod-1", "c", lease).await.unwrap(),
                 LockTry::Acquired
