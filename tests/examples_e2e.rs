@@ -105,6 +105,11 @@ fn start(stack: &Stack, run: &mut Running) {
 
 /// Runs `reflexctl` against the stack; panics with its stderr when it fails.
 fn reflexctl(stack: &Stack, args: &[&str]) {
+    reflexctl_out(stack, args);
+}
+
+/// [`reflexctl`], returning its standard output.
+fn reflexctl_out(stack: &Stack, args: &[&str]) -> String {
     let out = Command::new(workspace_bin("reflexctl"))
         .args([
             "--bootstrap",
@@ -122,6 +127,7 @@ fn reflexctl(stack: &Stack, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `reflexctl publish` of `lines` (JSON lines) with the pack's pack.toml flags; ce_ids are
@@ -430,6 +436,45 @@ async fn host_quarantine_runs_dry_first_then_live_with_the_blast_radius_capped()
         ],
     );
     run.workers.push(live);
+    // ws-0142 is in fra1, a production site: held for approval (no final outcome yet); the
+    // three iad2 (staging) hosts run, two isolated and one held by the cap.
+    final_outcomes(&stack, &run, 9).await;
+    let pending = reflexctl_out(
+        &stack,
+        &[
+            "approvals",
+            "list",
+            "--json",
+            "--approvals-topic",
+            &run.topic("approvals"),
+            "--decisions-topic",
+            &run.topic("decisions"),
+        ],
+    );
+    let pending: Vec<serde_json::Value> = pending
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["target"], "ws-0142", "{pending:?}");
+    assert_eq!(pending[0]["params"]["environment"], "production");
+    // Approved: it then meets the blast-radius cap like any other isolation (held).
+    reflexctl(
+        &stack,
+        &[
+            "approvals",
+            "approve",
+            pending[0]["id"].as_str().unwrap(),
+            "--by",
+            "soc-lead",
+            "--reason",
+            "confirmed ransomware",
+            "--approvals-topic",
+            &run.topic("approvals"),
+            "--decisions-topic",
+            &run.topic("decisions"),
+        ],
+    );
     let all = final_outcomes(&stack, &run, 10).await;
     let t = tally(&all);
     assert_eq!(

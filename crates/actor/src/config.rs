@@ -122,9 +122,57 @@ pub struct ActorSettings {
     /// this window are suppressed).
     #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
     pub done_ttl: Duration,
+    /// Lease of a per-target lock (an action's `lock`). The holder renews it every third of the
+    /// lease while it runs; a crashed holder's lock expires after it. Keep it well below the
+    /// time the reprocessor's redeliveries of a deferred request span (about 30 s by default).
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub lock_lease: Duration,
+    /// How long a request whose lock another action holds polls for it in place before it is
+    /// deferred (dead-lettered as transient, redelivered later by the reprocessor, so its
+    /// lane and partition move on meanwhile). "0": defer at once.
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub lock_wait: Duration,
+    /// Topic receiving a record for each request held for human approval (JSON
+    /// `PendingApproval`, keyed by the idempotency key); `reflexctl approvals list` reads it.
+    pub approvals_topic: String,
+    /// Topic of approval decisions (JSON `ApprovalDecision`, keyed by the idempotency key),
+    /// written by `reflexctl approvals approve|deny` and by the timeout sweeper. When an action
+    /// has `approval`, the actor consumes it besides `kafka.input_topics`.
+    pub decisions_topic: String,
+    /// How often each replica looks for approvals past their timeout (the first replica to
+    /// claim one writes its timeout decision).
+    #[serde(deserialize_with = "reflex_runtime::duration::deserialize")]
+    pub approval_sweep: Duration,
     /// The configured actions, keyed by `name`.
     #[serde(default)]
     pub action: Vec<ActionSettings>,
+}
+
+/// Human approval before an action runs (`approval = { timeout = "15m", on_timeout = "deny" }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// How long a request waits for a decision before `on_timeout` decides.
+    #[serde(
+        default = "default_approval_timeout",
+        deserialize_with = "reflex_runtime::duration::deserialize"
+    )]
+    pub timeout: Duration,
+    /// `deny` (the default: nothing runs without a yes) or `approve` (run unless someone said no).
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: reflex_core::approvals::OnTimeout,
+    /// A CEL condition over the request (`params`, `context`, `target`, ...): approval is
+    /// required only when it is true, e.g. `params.environment == "production"`. Without it,
+    /// every request of the action needs approval.
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+fn default_approval_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_on_timeout() -> reflex_core::approvals::OnTimeout {
+    reflex_core::approvals::OnTimeout::Deny
 }
 
 /// One configured action (`[[actor.action]]`).
@@ -225,6 +273,14 @@ pub struct ActionSettings {
     /// Shadow mode for this action: outcome `DRY_RUN`, no effect.
     #[serde(default)]
     pub dry_run: bool,
+    /// Per-target lock: a template over the request (e.g. `{{ target }}` or
+    /// `{{ params.pod }}`). Two actions whose locks render the same never run at once across
+    /// all replicas (a Redis lease; the name space is shared by every action).
+    #[serde(default)]
+    pub lock: Option<String>,
+    /// Require a human decision before running (see [`ApprovalSettings`]).
+    #[serde(default)]
+    pub approval: Option<ApprovalSettings>,
 }
 
 fn default_method() -> String {
@@ -290,6 +346,8 @@ pub struct Action {
     /// Attempts and backoff of transient failures, from `max_attempts`, `backoff_ms` and
     /// `max_backoff_ms`.
     pub retry: RetryPolicy,
+    /// The compiled `approval.when` condition.
+    pub approval_when: Option<std::sync::Arc<crate::approval::Condition>>,
 }
 
 impl Action {
@@ -367,6 +425,24 @@ pub fn compile(
             }
             Ok(())
         };
+        if let Some(lock) = &a.lock {
+            if lock.trim().is_empty() {
+                return Err(fail(
+                    "lock",
+                    "must not be empty (remove it for no lock)".into(),
+                ));
+            }
+            add("lock", lock, Escape::RedisKey)?;
+        }
+        let approval_when = match a.approval.as_ref().and_then(|x| x.when.as_deref()) {
+            Some(when) => Some(std::sync::Arc::new(
+                crate::approval::Condition::compile(when).map_err(|m| fail("approval", m))?,
+            )),
+            None => None,
+        };
+        if a.approval.as_ref().is_some_and(|x| x.timeout.is_zero()) {
+            return Err(fail("approval", "timeout must be positive".into()));
+        }
         let kind = match a.kind.as_str() {
             "http" => {
                 let method = if a.method.contains("{{") {
@@ -453,6 +529,7 @@ pub fn compile(
                     max: a.max_backoff,
                 },
             ),
+            approval_when,
         });
     }
     Ok((out, templates))
@@ -694,6 +771,24 @@ url = "{{ target | raw }}"
                 6,
                 "method",
                 "not an HTTP method",
+            ),
+            (
+                "kind = \"log\"\nlock = \"{{ payload.host }}\"\n",
+                6,
+                "lock",
+                "no field `payload`",
+            ),
+            (
+                "kind = \"log\"\napproval = { when = 'payload.env == \"prod\"' }\n",
+                6,
+                "approval",
+                "no field `payload`",
+            ),
+            (
+                "kind = \"log\"\napproval = { timeout = \"0\" }\n",
+                6,
+                "approval",
+                "timeout must be positive",
             ),
         ];
         for (tail, line, field, message) in cases {

@@ -63,6 +63,15 @@
 //!   above it the request is held (outcome `HELD`, the original record on
 //!   `actor.held_topic`, a warn log line, `reflex_blast_radius_held_total`), not executed.
 //!
+//! **Per-target locks** ([`lock`]): an action's `lock` template names a Redis lease that no two
+//! actions hold at once; a request finding it held is deferred through the dead-letter topic
+//! and the reprocessor, so its lane and partition move on.
+//!
+//! **Approvals** ([`approval`]): an action's `approval` holds its requests (in Redis, with a
+//! `PENDING_APPROVAL` outcome and a record on `actor.approvals_topic`) until a decision arrives
+//! on `actor.decisions_topic` (`reflexctl approvals approve|deny`, or the timeout sweeper); an
+//! approved request then takes the normal claim path, so it runs at most once.
+//!
 //! **Outbound allowlist**: a rendered URL whose host is not in `actor.allowed_hosts` (or scheme
 //! not in `actor.allowed_schemes`) is a permanent error naming the host and the setting, never sent.
 //!
@@ -74,9 +83,11 @@
 //!
 //! **Loop prevention**: requests whose `reflex-hops` exceeds `actor.max_hops` are dead-lettered.
 
+pub mod approval;
 pub mod breaker;
 pub mod call;
 pub mod config;
+pub mod lock;
 pub mod sign;
 pub mod state;
 pub mod store;
@@ -129,6 +140,8 @@ pub enum StartError {
     Registry { subject: String, error: String },
     #[error("{0}")]
     Security(String),
+    #[error("{0}")]
+    Approvals(String),
 }
 
 /// The actor stage.
@@ -145,6 +158,8 @@ pub struct Actor {
     breakers: Breakers,
     kill: Arc<KillSwitch>,
     allowlist: config::Allowlist,
+    /// Some action needs approval: decisions are consumed ([`approval`]).
+    approvals_on: bool,
 }
 
 /// Kill-switch state, refreshed from Redis by a background task.
@@ -224,6 +239,41 @@ impl Actor {
             redis_auth,
         )
         .await?;
+        let approvals_on = actions.iter().any(|a| a.settings.approval.is_some());
+        if approvals_on {
+            let StateBackend::Redis(redis) = &store else {
+                return Err(StartError::Approvals(
+                    "an action has `approval`, which keeps held requests in Redis: set actor.state_backend = \"redis\" and actor.redis_url".into(),
+                ));
+            };
+            let producer: rdkafka::producer::FutureProducer =
+                reflex_runtime::client_config::producer_config(
+                    &config.kafka,
+                    "reflex-actor-approvals",
+                )
+                .create()
+                .map_err(|e| {
+                    StartError::Approvals(format!(
+                        "cannot create the producer of timeout decisions: {e}"
+                    ))
+                })?;
+            tokio::spawn(approval::sweep(
+                redis.clone(),
+                producer,
+                settings.decisions_topic.clone(),
+                settings.approval_sweep.max(Duration::from_millis(50)),
+                if stage_worker_id.is_empty() {
+                    format!("actor-{}", std::process::id())
+                } else {
+                    stage_worker_id.to_string()
+                },
+            ));
+            metrics::gauge!(m::APPROVALS_PENDING).set(0.0);
+            for a in actions.iter().filter(|a| a.settings.approval.is_some()) {
+                metrics::counter!(m::APPROVALS_REQUESTED, "action" => a.settings.name.clone())
+                    .increment(0);
+            }
+        }
         let registry = config.registry.client();
         let subject = format!("{}-value", settings.outcomes_topic);
         let id = registry
@@ -262,11 +312,26 @@ impl Actor {
                 ActionResult::DryRun,
                 ActionResult::Held,
                 ActionResult::Rejected,
-            ] {
+            ]
+            .into_iter()
+            // The approval results only for actions that ask (`reflexctl top` lists the others).
+            .chain(a.settings.approval.iter().flat_map(|_| {
+                [
+                    ActionResult::PendingApproval,
+                    ActionResult::Approved,
+                    ActionResult::Denied,
+                    ActionResult::Expired,
+                ]
+            })) {
                 metrics::counter!(m::ACTIONS, "action" => name.clone(), "result" => result.as_str())
                     .increment(0);
             }
-            for counter in [m::DEDUP_HITS, m::RATE_LIMITED, m::BLAST_RADIUS_HELD] {
+            for counter in [
+                m::DEDUP_HITS,
+                m::RATE_LIMITED,
+                m::BLAST_RADIUS_HELD,
+                m::LOCK_WAITS,
+            ] {
                 metrics::counter!(counter, "action" => name.clone()).increment(0);
             }
         }
@@ -312,6 +377,7 @@ impl Actor {
             breakers: Breakers::default(),
             kill,
             allowlist,
+            approvals_on,
         })
     }
 
@@ -384,6 +450,8 @@ impl Actor {
             worker: self.worker.clone(),
             started_at: started.0,
             duration_ms: started.1.elapsed().as_millis() as i64,
+            approver: None,
+            approval_reason: None,
         }
     }
 
@@ -817,10 +885,21 @@ impl Actor {
         Ok(out)
     }
 
+    /// Executes a claimed request holding its action's lock, if any ([`lock`]).
+    async fn execute_claimed(
+        &self,
+        c: &Claimable,
+        event: &Event,
+        owner: &str,
+    ) -> Result<(Vec<Output>, Option<String>), StageError> {
+        self.with_lock(c, event, self.execute_locked(c, event, owner))
+            .await
+    }
+
     /// Executes a claimed request (attempts, guards, effect). On success returns its outputs
     /// and the outcome to record as done (the caller records it, one request or a batch at a
     /// time); a held request comes back with its claim released and nothing to record.
-    async fn execute_claimed(
+    async fn execute_locked(
         &self,
         c: &Claimable,
         event: &Event,
@@ -981,9 +1060,15 @@ impl Stage for Actor {
     }
 
     async fn process(&self, event: &Event) -> Result<Vec<Output>, StageError> {
+        if self.is_decision(event) {
+            return self.decision(event).await;
+        }
         match self.plan(event).await? {
             Plan::Finished(outputs) => Ok(outputs),
-            Plan::Claim(c) => self.execute(&c, event).await,
+            Plan::Claim(c) => match self.approval_gate(&c, event).await? {
+                Some(outputs) => Ok(outputs),
+                None => self.execute(&c, event).await,
+            },
         }
     }
 
@@ -993,9 +1078,17 @@ impl Stage for Actor {
             (0..events.len()).map(|_| None).collect();
         let mut work = Vec::new();
         for (i, event) in events.iter().enumerate() {
+            if self.is_decision(event) {
+                results[i] = Some(self.decision(event).await);
+                continue;
+            }
             match self.plan(event).await {
                 Ok(Plan::Finished(outputs)) => results[i] = Some(Ok(outputs)),
-                Ok(Plan::Claim(c)) => work.push((i, c)),
+                Ok(Plan::Claim(c)) => match self.approval_gate(&c, event).await {
+                    Ok(Some(outputs)) => results[i] = Some(Ok(outputs)),
+                    Ok(None) => work.push((i, c)),
+                    Err(e) => results[i] = Some(Err(e)),
+                },
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
@@ -1083,7 +1176,21 @@ pub async fn run(
     config_file: Option<&Path>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let mut config = config;
     let actor = Actor::start(&config, config_file, &config.runtime.worker_id).await?;
+    if actor.approvals_on
+        && !config
+            .kafka
+            .input_topics
+            .contains(&config.stage.decisions_topic)
+    {
+        // Decisions are an input like requests: their offsets commit once applied.
+        info!(decisions_topic = %config.stage.decisions_topic, "an action needs approval: consuming its decisions too");
+        config
+            .kafka
+            .input_topics
+            .push(config.stage.decisions_topic.clone());
+    }
     reflex_runtime::run(actor, &config.kafka, &config.runtime, shutdown).await?;
     Ok(())
 }

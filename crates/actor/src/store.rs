@@ -71,8 +71,8 @@ return n
 // it showed in the actor's profile.
 static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
 static DONE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DONE));
-static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
-static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
+pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 static RATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RATE));
 static BLAST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BLAST));
 
@@ -108,6 +108,11 @@ impl Store {
             conn,
             prefix: prefix.to_string(),
         })
+    }
+
+    /// The shared connection (for the lock and approval scripts in their own modules).
+    pub(crate) fn conn(&self) -> RedisConn {
+        self.conn.clone()
     }
 
     pub fn key(&self, kind: &str, name: &str) -> String {

@@ -54,6 +54,14 @@ pub enum ActionResult {
     #[serde(alias = "PARKED")]
     Held,
     Rejected,
+    /// Held for a human decision (`approval` on the action): not executed yet.
+    PendingApproval,
+    /// A human (or the timeout with `on_timeout = "approve"`) approved it; execution follows.
+    Approved,
+    /// A human denied it: never executed.
+    Denied,
+    /// No decision came within the approval timeout: `on_timeout` decided.
+    Expired,
 }
 
 impl ActionResult {
@@ -66,6 +74,10 @@ impl ActionResult {
             ActionResult::DryRun => "dry_run",
             ActionResult::Held => "held",
             ActionResult::Rejected => "rejected",
+            ActionResult::PendingApproval => "pending_approval",
+            ActionResult::Approved => "approved",
+            ActionResult::Denied => "denied",
+            ActionResult::Expired => "expired",
         }
     }
 }
@@ -88,6 +100,12 @@ pub struct ActionOutcome {
     pub worker: String,
     pub started_at: i64,
     pub duration_ms: i64,
+    /// Who decided an approval (`reflexctl approvals ... --by`), on approval outcomes.
+    #[serde(default)]
+    pub approver: Option<String>,
+    /// Why they decided so (`--reason`), on approval outcomes.
+    #[serde(default)]
+    pub approval_reason: Option<String>,
 }
 
 /// The idempotency key of `action` caused by event `event_id`: the same for every retry, dead
@@ -206,6 +224,8 @@ mod tests {
             worker: "actor-1".into(),
             started_at: 1,
             duration_ms: 3,
+            approver: None,
+            approval_reason: None,
         }
     }
 
@@ -224,13 +244,75 @@ mod tests {
     /// The blast-radius result was renamed PARKED -> HELD: records written before (under the old
     /// schema) still decode, as `Held`, and the new schema can read everything the old one wrote
     /// (the registry's default BACKWARD check passes).
+    /// The outcome schema before approvals: no approval symbols or fields.
+    fn before_approvals() -> String {
+        let old = ACTION_OUTCOME_SCHEMA
+            .replace(
+                r#", "PENDING_APPROVAL", "APPROVED", "DENIED", "EXPIRED"], "default": "FAILED"}"#,
+                "]}",
+            )
+            .replace(
+                r#",
+    {"name": "approver", "type": ["null", "string"], "default": null, "doc": "Who decided an approval (APPROVED, DENIED; EXPIRED names the timeout)."},
+    {"name": "approval_reason", "type": ["null", "string"], "default": null, "doc": "Why the approver decided so."}"#,
+                "",
+            );
+        assert!(
+            !old.contains(r#""APPROVED""#) && !old.contains(r#""approver""#),
+            "{old}"
+        );
+        old
+    }
+
+    /// Approvals added four symbols at the end of the enum (with a default) and two optional
+    /// fields: records written before still decode, and the registry's BACKWARD check passes.
+    #[test]
+    fn outcomes_written_before_approvals_still_decode() {
+        let old = before_approvals();
+        let old_schema: serde_avro_fast::Schema = old.parse().unwrap();
+        let held = outcome(ActionResult::Held);
+        let mut written = serde_json::to_value(&held).unwrap();
+        let fields = written.as_object_mut().unwrap();
+        fields.remove("approver");
+        fields.remove("approval_reason");
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&old_schema);
+        let datum = serde_avro_fast::to_datum_vec(&written, &mut config).unwrap();
+        let read: ActionOutcome = serde_avro_fast::from_datum_slice(&datum, &old_schema).unwrap();
+        assert_eq!(read, held);
+        let old = apache_avro::Schema::parse_str(&old).unwrap();
+        let new = apache_avro::Schema::parse_str(ACTION_OUTCOME_SCHEMA).unwrap();
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new).unwrap();
+
+        // The new results round-trip with the approver.
+        let codec = AvroCodec::<ActionOutcome>::new(12, ACTION_OUTCOME_SCHEMA).unwrap();
+        let schema: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
+        for result in [
+            ActionResult::PendingApproval,
+            ActionResult::Approved,
+            ActionResult::Denied,
+            ActionResult::Expired,
+        ] {
+            let mut o = outcome(result);
+            o.approver = Some("alice".into());
+            o.approval_reason = Some("change 42".into());
+            let bytes = codec.encode(&o).unwrap();
+            assert_eq!(
+                AvroCodec::<ActionOutcome>::decode_with(&schema, &bytes).unwrap(),
+                o
+            );
+        }
+    }
+
     #[test]
     fn outcomes_written_as_parked_read_as_held() {
-        let old = ACTION_OUTCOME_SCHEMA.replace(r#", "HELD"]"#, "]");
-        assert_ne!(old, ACTION_OUTCOME_SCHEMA, "the schema lists HELD last");
+        let old = before_approvals().replace(r#", "HELD"]"#, "]");
+        assert_ne!(old, before_approvals(), "the schema listed HELD last");
         let old_schema: serde_avro_fast::Schema = old.parse().unwrap();
         let outcome = outcome(ActionResult::Held);
         let mut written = serde_json::to_value(&outcome).unwrap();
+        let fields = written.as_object_mut().unwrap();
+        fields.remove("approver");
+        fields.remove("approval_reason");
         written["result"] = "PARKED".into();
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&old_schema);
         let datum = serde_avro_fast::to_datum_vec(&written, &mut config).unwrap();

@@ -1,6 +1,7 @@
 //! Reflex contracts shared by every worker and tool.
 //!
 //! - [`actions`]: the enricher → actor contract (action request/outcome records, idempotency key).
+//! - [`approvals`]: pending-approval and decision records (the actor and `reflexctl approvals`).
 //!
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, Avro datum).
 //! - [`headers`]: CloudEvents Kafka-binding header names and Reflex's own headers, in one place.
@@ -16,6 +17,7 @@
 //! - [`limits`]: record size and header limits, rule complexity limits.
 
 pub mod actions;
+pub mod approvals;
 pub mod avro;
 pub mod dead_letter;
 pub mod error;

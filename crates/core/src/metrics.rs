@@ -58,3 +58,18 @@ pub const REDELIVERY_GIVEUPS: &str = "reflex_redelivery_giveups_total";
 pub const REDELIVERY_SKIPS: &str = "reflex_redelivery_skips_total";
 /// Partitions paused until a scheduled redelivery time. Labels: `stage`.
 pub const DELAYED_PARTITIONS: &str = "reflex_delayed_partitions";
+
+// ---- per-target locks and approvals (the actor)
+
+/// Times an action found its lock key held by another action and waited (deferred for a
+/// later redelivery, or polled within `actor.lock_wait`). Labels: `action`.
+pub const LOCK_WAITS: &str = "reflex_action_lock_waits_total";
+/// How long an action waited for its lock, from its first try to acquiring it (0 when it was
+/// free). Labels: `action`.
+pub const LOCK_WAIT_SECONDS: &str = "reflex_action_lock_wait_seconds";
+/// Approval requests the actor held for a human decision. Labels: `action`.
+pub const APPROVALS_REQUESTED: &str = "reflex_approvals_requested_total";
+/// Approval decisions applied. Labels: `action`, `decision` (approved, denied, expired).
+pub const APPROVAL_DECISIONS: &str = "reflex_approval_decisions_total";
+/// Requests waiting for a decision, fleet-wide (read by each replica's sweeper from Redis).
+pub const APPROVALS_PENDING: &str = "reflex_approvals_pending";

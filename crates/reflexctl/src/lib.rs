@@ -18,6 +18,7 @@
 //!   turns it into a Prometheus exporter.
 //! - `acls apply` / `acls check`: make the cluster's ACLs for Reflex's principals match a
 //!   declaration file (`ops/security/kafka-acls.toml`), or compare them.
+//! - `approvals list | approve | deny`: actions held for a human decision ([`approvals`]).
 //! - `top`: a live terminal view of a running fleet from its workers' `/metrics` or a
 //!   Prometheus server ([`top`]: its model and rendering are public for other live views).
 //!
@@ -34,6 +35,7 @@ use reflex_core::registry::{RegistryClient, RegistryError};
 use reflex_runtime::KafkaProperties;
 
 pub mod acls;
+pub mod approvals;
 pub mod dlq;
 pub mod lag;
 pub mod prom;
@@ -165,6 +167,9 @@ pub enum Command {
     /// Live view of a running fleet: rates, lag, actions, breakers, kill switch, workers down.
     #[command(long_about = top::LONG_ABOUT)]
     Top(top::TopArgs),
+    /// Actions waiting for a human: list them, approve or deny one (who and why recorded).
+    #[command(subcommand, long_about = approvals::LONG_ABOUT)]
+    Approvals(approvals::ApprovalsCommand),
 }
 
 /// Runs one command; `Ok` carries the exit code (1 when a check failed).
@@ -182,6 +187,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rules(rules_test::RulesCommand::Test(args)) => rules_test::run(args).await,
         Command::Acls(cmd) => acls::run(&global, cmd).await,
         Command::Top(args) => top::run(args).await,
+        Command::Approvals(cmd) => approvals::run(&global, cmd).await,
     };
     result.map_err(|e| {
         let unreachable = e.chain().any(|cause| {

@@ -6,8 +6,9 @@
 //! lookups are not called, so such packs stop at the bindings they select), then the actor's
 //! compiled action templates render the call it would make, escaped and checked by the same code
 //! the actor runs ([`reflex_actor::call`]), with templates using `raw` marked. Guardrails that can be known
-//! without Redis are applied: dry run (worker, action or request) and the blast-radius cap,
-//! counted over the file as if the window had just started. Nothing is produced, claimed or
+//! without Redis are applied: dry run (worker, action or request), approval (the action's
+//! `approval` and its `when`, evaluated on the request) and the blast-radius cap, counted over
+//! the file as if the window had just started. Nothing is produced, claimed or
 //! sent; the registry is not asked either (the pack's own schema files are used).
 //!
 //! A pack is a directory with `pack.toml` (how its events are published), `router.toml`,
@@ -51,8 +52,8 @@ pack's router rules, enricher bindings and actor actions, in process, with every
 stubbed, and print per event what would happen: the matching rule and destination topics (or \
 which rule dropped or dead-lettered it), the action requests the enricher would bind, and the \
 call the actor would make (method, URL, headers, body; every value escaped exactly as the actor \
-escapes it, or the refusal the actor would dead-letter), or DRY_RUN / HELD when a guardrail \
-holds it. Templates using `raw` (unescaped values) are listed as warnings and marked under \
+escapes it, or the refusal the actor would dead-letter), or DRY_RUN / HELD / PENDING_APPROVAL \
+when a guardrail holds it or a person must approve it. Templates using `raw` (unescaped values) are listed as warnings and marked under \
 the calls they shape. The blast-radius cap is counted over the file as if its window had just started. \
 Nothing is produced and no broker, registry, Redis or target is contacted.\n\n\
 The pack directory holds pack.toml ([events] topic, type, source, key_field, file), \
@@ -783,9 +784,30 @@ fn act(
     } else {
         None
     };
-    // The actor counts only live executions against the cap; in a dry run the count shows
-    // what going live would do.
-    let capped = (s.blast_radius_max > 0).then(|| {
+    // Approval, as the actor decides it: the action asks, and its `when` (if any) holds (a
+    // `when` that fails asks too).
+    let approval = s.approval.as_ref().filter(|_| {
+        action
+            .approval_when
+            .as_ref()
+            .is_none_or(|w| w.holds(req).unwrap_or(true))
+    });
+    let asks = approval.map(|a| {
+        format!(
+            "PENDING_APPROVAL: held for a human{} ({}, then {}), on {}",
+            action
+                .approval_when
+                .as_ref()
+                .map(|w| format!(" as `{}`", w.source()))
+                .unwrap_or_default(),
+            reflex_runtime::duration::format(a.timeout),
+            a.on_timeout.as_str(),
+            config.stage.approvals_topic
+        )
+    });
+    // The actor counts only live executions against the cap (a request waiting for approval
+    // is not one yet); in a dry run the count shows what going live would do.
+    let capped = (s.blast_radius_max > 0 && asks.is_none()).then(|| {
         let count = blast.entry(s.name.clone()).or_default();
         *count += 1;
         (*count > s.blast_radius_max).then(|| {
@@ -802,9 +824,18 @@ fn act(
         if let Some(Some(held)) = &capped {
             let _ = writeln!(text, "             live, it would be {held}");
         }
+        if let Some(asks) = &asks {
+            let _ = writeln!(text, "             live, it would be {asks}");
+        }
         return ActorLine {
             outcome: "dry run",
             text,
+        };
+    }
+    if let Some(asks) = asks {
+        return ActorLine {
+            outcome: "pending approval",
+            text: format!("      actor: {asks}; once approved, would {call}\n"),
         };
     }
     if let Some(Some(held)) = capped {

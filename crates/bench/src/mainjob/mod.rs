@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod events;
+pub mod guards;
 pub mod view;
 
 use std::collections::{BTreeMap, HashSet};
@@ -603,6 +604,18 @@ impl Job {
 
     // -- the run
 
+    /// Locks waited and approvals pending, from the actors' latest `/metrics`.
+    async fn guards(&self) -> guards::Guards {
+        let fleet = self.fleet.lock().await;
+        guards::Guards::of(
+            fleet
+                .slots
+                .iter()
+                .filter(|s| s.stage == "actor")
+                .map(|s| &s.metrics),
+        )
+    }
+
     /// The view's lines only the job knows: publishing and the target's requests.
     /// Per stateful rule of the pack: (firings, suppressed events), summed over the routers'
     /// latest `/metrics`.
@@ -728,7 +741,7 @@ impl Job {
             // The fault suite supervises every 500 ms; a frame a second is enough to read.
             if last_frame.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_frame = Some(Instant::now());
-                let mut progress = self.progress();
+                let mut progress = self.progress().with(self.guards().await);
                 progress.windows = self.windows().await;
                 print!("{}", view::frame(&seen, &progress));
             }
@@ -774,10 +787,11 @@ impl Job {
         publishing.abort();
         generator.settle().await;
         let seen = tracker.observe(self.scrape().await);
-        let mut progress = self.progress();
-        progress.windows = self.windows().await;
-        print!("{}", view::frame(&seen, &progress));
+        let guards = self.guards().await;
         let windows = self.windows().await;
+        let mut progress = self.progress().with(guards);
+        progress.windows = windows.clone();
+        print!("{}", view::frame(&seen, &progress));
         let dropped_by_workers = {
             let fleet = self.fleet.lock().await;
             fleet
@@ -839,7 +853,7 @@ impl Job {
             windows,
         };
         let verdict = check::check(&evidence);
-        self.report(&verdict, &generator).await?;
+        self.report(&verdict, &generator, &guards).await?;
         Ok(if verdict.passed { 0 } else { 1 })
     }
 
@@ -981,7 +995,10 @@ impl Job {
                     action: o.action,
                     result,
                     idempotency_key: o.idempotency_key,
-                    last: header(m, reflex_actor::FINAL_HEADER).as_deref() == Some("true"),
+                    // A request held for a human decision ends the job's accounting there
+                    // (like HELD): nobody decides during the run.
+                    last: header(m, reflex_actor::FINAL_HEADER).as_deref() == Some("true")
+                        || o.result == reflex_core::actions::ActionResult::PendingApproval,
                     rule: o.rule,
                     target: o.target,
                 });
@@ -1032,7 +1049,12 @@ impl Job {
     }
 
     /// Prints the summary and writes summary.json.
-    async fn report(&self, v: &Verdict, generator: &Generator) -> anyhow::Result<()> {
+    async fn report(
+        &self,
+        v: &Verdict,
+        generator: &Generator,
+        guards: &guards::Guards,
+    ) -> anyhow::Result<()> {
         let p = &generator.published;
         let secs = match (p.started.get(), p.ended.get()) {
             (Some(s), Some(e)) => (*e - *s).as_secs_f64(),
@@ -1132,6 +1154,7 @@ impl Job {
                 Some(format!("{} {cpu:.1} s CPU, {rss:.0} MiB peak RSS", s.key))
             })
             .collect();
+        let _ = writeln!(out, "{}", guards::summary_line(guards));
         let _ = writeln!(out, "workers     {}", figures.join("; "));
         if v.extra > 0 {
             let _ = writeln!(
@@ -1173,6 +1196,7 @@ impl Job {
             "publish_seconds": secs,
             "restarts": fleet.restarts,
             "workers": workers,
+            "guards": guards,
         });
         if let (Some(s), Some(x)) = (summary.as_object_mut(), extra.as_object()) {
             s.extend(x.clone());

@@ -32,12 +32,24 @@ pub struct Progress {
     pub repeated_keys: u64,
     /// Per stateful rule of the pack: firings and suppressed events so far.
     pub windows: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Locks waited and approvals pending ([`super::guards`]).
+    pub guards: super::guards::Guards,
 }
 
-/// One frame: the fleet as `reflexctl top` draws it, then [`job_lines`], then a blank line.
+impl Progress {
+    /// With the actors' lock and approval figures.
+    pub fn with(mut self, guards: super::guards::Guards) -> Self {
+        self.guards = guards;
+        self
+    }
+}
+
+/// One frame: the fleet as `reflexctl top` draws it, then [`job_lines`], the locks and
+/// approvals line, then a blank line.
 pub fn frame(fleet: &Fleet, p: &Progress) -> String {
     let mut out = render_text(fleet, WIDTH, TOP_HEIGHT);
     out.push_str(&job_lines(p));
+    out.push_str(&super::guards::line(&p.guards));
     out.push('\n');
     out
 }
@@ -104,6 +116,7 @@ mod tests {
             keys: 1_201,
             repeated_keys: 3,
             windows: [("crashloop-restart".to_string(), (50, 12_345))].into(),
+            guards: Default::default(),
         }
     }
 
@@ -169,11 +182,19 @@ mod tests {
         let (fleet, p) = (fleet(), progress());
         let text = frame(&fleet, &p);
         let top = render_text(&fleet, WIDTH, TOP_HEIGHT);
-        assert_eq!(text, format!("{top}{}\n", job_lines(&p)));
+        assert_eq!(
+            text,
+            format!(
+                "{top}{}{}\n",
+                job_lines(&p),
+                crate::mainjob::guards::line(&p.guards)
+            )
+        );
         let lines: Vec<&str> = top.lines().collect();
         assert!(lines[0].starts_with("reflex top │ 4/4 workers up"), "{top}");
         assert!(lines[6].starts_with("│ reprocessor 1/1"), "{top}");
         assert_eq!(lines.last(), Some(&" kill switch - (no actor)"), "{top}");
-        assert!(text.ends_with("suppressed 12,345\n\n"), "{text}");
+        assert!(text.contains("suppressed 12,345\n"), "{text}");
+        assert!(text.ends_with("(0 requested)\n\n"), "{text}");
     }
 }
