@@ -73,10 +73,16 @@
 //! Templates using `raw` (unescaped) are warned about at start-up.
 //!
 //! **Loop prevention**: requests whose `reflex-hops` exceeds `actor.max_hops` are dead-lettered.
+//!
+//! **Policies** ([`policy`]): with `actor.policy_file` set, every rendered request is asked of
+//! a Cedar policy set before the dry-run check and before any claim; a deny ends it with one
+//! final `DENIED_BY_POLICY` outcome naming the policy (`reflex_policy_denials_total`), never
+//! executed nor retried. A file that does not parse or validate stops start-up.
 
 pub mod breaker;
 pub mod call;
 pub mod config;
+pub mod policy;
 pub mod sign;
 pub mod state;
 pub mod store;
@@ -129,6 +135,8 @@ pub enum StartError {
     Registry { subject: String, error: String },
     #[error("{0}")]
     Security(String),
+    #[error("actor.policy_file is not usable:\n{0}")]
+    Policy(#[from] policy::PolicyError),
 }
 
 /// The actor stage.
@@ -145,6 +153,8 @@ pub struct Actor {
     breakers: Breakers,
     kill: Arc<KillSwitch>,
     allowlist: config::Allowlist,
+    /// `actor.policy_file`, validated at start-up.
+    policies: Option<policy::Policies>,
 }
 
 /// Kill-switch state, refreshed from Redis by a background task.
@@ -195,6 +205,7 @@ impl Actor {
         let (actions, templates) =
             config::compile(&config.stage.action, source, &|v| std::env::var(v).ok())?;
         let settings = config.stage.clone();
+        let policies = load_policies(&settings, &actions)?;
         let allowlist = config::Allowlist::new(&settings.allowed_hosts, &settings.allowed_schemes)
             .map_err(StartError::Security)?;
         if allowlist.is_open() && actions.iter().any(|a| matches!(a.kind, Kind::Http { .. })) {
@@ -262,7 +273,10 @@ impl Actor {
                 ActionResult::DryRun,
                 ActionResult::Held,
                 ActionResult::Rejected,
-            ] {
+            ]
+            .into_iter()
+            .chain(policies.as_ref().map(|_| ActionResult::DeniedByPolicy))
+            {
                 metrics::counter!(m::ACTIONS, "action" => name.clone(), "result" => result.as_str())
                     .increment(0);
             }
@@ -312,6 +326,7 @@ impl Actor {
             breakers: Breakers::default(),
             kill,
             allowlist,
+            policies,
         })
     }
 
@@ -592,6 +607,10 @@ impl Actor {
                 .map_err(|e| StageError::permanent(format!("action `{name}` field `url`: {e}")))?;
         }
 
+        if let Some(denied) = self.check_policies(&req, event, started)? {
+            return Ok(Plan::Finished(denied));
+        }
+
         if req.dry_run || action.settings.dry_run || self.settings.dry_run {
             let what = match &call {
                 Call::Http {
@@ -611,6 +630,31 @@ impl Actor {
             call,
             started,
         })))
+    }
+
+    /// Asks the policy file about a request: `Some(outputs)` (its final `DENIED_BY_POLICY`
+    /// outcome) when a policy denies it. Before the dry-run check, so a shadow run shows the
+    /// denial too.
+    fn check_policies(
+        &self,
+        req: &ActionRequest,
+        event: &Event,
+        started: (i64, Instant),
+    ) -> Result<Option<Vec<Output>>, StageError> {
+        let Some(policies) = &self.policies else {
+            return Ok(None);
+        };
+        let attrs = policy::EventAttrs::of(&event.headers);
+        let policy::Decision::Deny(denial) = policies.decide(req, &attrs, chrono::Utc::now())
+        else {
+            return Ok(None);
+        };
+        warn!(action = %req.action, idempotency_key = %req.idempotency_key, target = %req.target, policy = %denial.label(), reason = %denial, "action denied by policy");
+        metrics::counter!(m::POLICY_DENIALS, "action" => req.action.clone(), "policy" => denial.label())
+            .increment(1);
+        let mut o = self.outcome(req, ActionResult::DeniedByPolicy, 1, started);
+        o.error = Some(denial.reason);
+        Ok(Some(vec![self.outcome_output(&o, event, true)?]))
     }
 
     fn lease(&self) -> Duration {
@@ -1074,6 +1118,23 @@ async fn poll_kill_switch(store: StateBackend, kill: Arc<KillSwitch>, every: Dur
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// `actor.policy_file`, parsed and validated against the configured actions (none when empty).
+fn load_policies(
+    settings: &ActorSettings,
+    actions: &[Action],
+) -> Result<Option<policy::Policies>, policy::PolicyError> {
+    let file = settings.policy_file.trim();
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let policies = policy::Policies::load(
+        Path::new(file),
+        actions.iter().map(|a| a.settings.name.as_str()),
+    )?;
+    info!(policy_file = %file, policies = policies.len(), "policies loaded");
+    Ok(Some(policies))
 }
 
 /// The actor's part of the shared `main`: its config (loaded, checked, Kafka secrets resolved

@@ -54,6 +54,9 @@ pub enum ActionResult {
     #[serde(alias = "PARKED")]
     Held,
     Rejected,
+    /// Denied by the actor's policy file (`actor.policy_file`): never executed nor retried;
+    /// the outcome's `error` names the policy.
+    DeniedByPolicy,
 }
 
 impl ActionResult {
@@ -66,6 +69,7 @@ impl ActionResult {
             ActionResult::DryRun => "dry_run",
             ActionResult::Held => "held",
             ActionResult::Rejected => "rejected",
+            ActionResult::DeniedByPolicy => "denied_by_policy",
         }
     }
 }
@@ -226,8 +230,11 @@ mod tests {
     /// (the registry's default BACKWARD check passes).
     #[test]
     fn outcomes_written_as_parked_read_as_held() {
-        let old = ACTION_OUTCOME_SCHEMA.replace(r#", "HELD"]"#, "]");
-        assert_ne!(old, ACTION_OUTCOME_SCHEMA, "the schema lists HELD last");
+        let old = ACTION_OUTCOME_SCHEMA.replace(r#", "HELD", "DENIED_BY_POLICY"]"#, "]");
+        assert_ne!(
+            old, ACTION_OUTCOME_SCHEMA,
+            "the schema lists HELD, then DENIED_BY_POLICY, last"
+        );
         let old_schema: serde_avro_fast::Schema = old.parse().unwrap();
         let outcome = outcome(ActionResult::Held);
         let mut written = serde_json::to_value(&outcome).unwrap();
@@ -241,6 +248,26 @@ mod tests {
         let old = apache_avro::Schema::parse_str(&old).unwrap();
         let new = apache_avro::Schema::parse_str(ACTION_OUTCOME_SCHEMA).unwrap();
         apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new).unwrap();
+    }
+
+    /// DENIED_BY_POLICY was added at the end of the symbols: it round-trips, and the new
+    /// schema reads everything the one before it wrote (BACKWARD, the registry's default).
+    #[test]
+    fn denied_by_policy_is_appended_and_backward_compatible() {
+        let before = ACTION_OUTCOME_SCHEMA.replace(r#", "DENIED_BY_POLICY"]"#, "]");
+        assert_ne!(before, ACTION_OUTCOME_SCHEMA, "DENIED_BY_POLICY is last");
+        let denied = outcome(ActionResult::DeniedByPolicy);
+        let codec = AvroCodec::<ActionOutcome>::new(12, ACTION_OUTCOME_SCHEMA).unwrap();
+        let schema: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
+        let bytes = codec.encode(&denied).unwrap();
+        assert_eq!(
+            AvroCodec::<ActionOutcome>::decode_with(&schema, &bytes).unwrap(),
+            denied
+        );
+        assert_eq!(ActionResult::DeniedByPolicy.as_str(), "denied_by_policy");
+        let before = apache_avro::Schema::parse_str(&before).unwrap();
+        let new = apache_avro::Schema::parse_str(ACTION_OUTCOME_SCHEMA).unwrap();
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&before, &new).unwrap();
     }
 
     #[test]

@@ -58,3 +58,7 @@ pub const REDELIVERY_GIVEUPS: &str = "reflex_redelivery_giveups_total";
 pub const REDELIVERY_SKIPS: &str = "reflex_redelivery_skips_total";
 /// Partitions paused until a scheduled redelivery time. Labels: `stage`.
 pub const DELAYED_PARTITIONS: &str = "reflex_delayed_partitions";
+/// Requests a policy of `actor.policy_file` denied (outcome `DENIED_BY_POLICY`). Labels:
+/// `action`, `policy` (the denying policy's id, `no-permit` when no permit matched: a fixed set,
+/// the file's policies).
+pub const POLICY_DENIALS: &str = "reflex_policy_denials_total";
