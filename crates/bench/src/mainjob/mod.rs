@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod events;
+pub mod policy;
 pub mod view;
 
 use std::collections::{BTreeMap, HashSet};
@@ -1073,6 +1074,9 @@ impl Job {
             "suppressed  {} duplicates by idempotency key",
             fmt(v.suppressed)
         );
+        if let Some(line) = policy::summary_line(&v.outcomes) {
+            let _ = writeln!(out, "{line}");
+        }
         for (rule, (fired, suppressed)) in &v.windows {
             let bound = v
                 .per_target

@@ -38,6 +38,7 @@ pub struct Progress {
 pub fn frame(fleet: &Fleet, p: &Progress) -> String {
     let mut out = render_text(fleet, WIDTH, TOP_HEIGHT);
     out.push_str(&job_lines(p));
+    out.extend(super::policy::live_line(fleet));
     out.push('\n');
     out
 }
