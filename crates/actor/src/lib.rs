@@ -135,8 +135,9 @@ pub enum StartError {
     Registry { subject: String, error: String },
     #[error("{0}")]
     Security(String),
+    /// Not a `source`: the lines are the whole message (`{:#}` would print them twice).
     #[error("actor.policy_file is not usable:\n{0}")]
-    Policy(#[from] policy::PolicyError),
+    Policy(policy::PolicyError),
 }
 
 /// The actor stage.
@@ -205,7 +206,7 @@ impl Actor {
         let (actions, templates) =
             config::compile(&config.stage.action, source, &|v| std::env::var(v).ok())?;
         let settings = config.stage.clone();
-        let policies = load_policies(&settings, &actions)?;
+        let policies = load_policies(&settings, &actions).map_err(StartError::Policy)?;
         let allowlist = config::Allowlist::new(&settings.allowed_hosts, &settings.allowed_schemes)
             .map_err(StartError::Security)?;
         if allowlist.is_open() && actions.iter().any(|a| matches!(a.kind, Kind::Http { .. })) {

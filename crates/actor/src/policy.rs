@@ -8,7 +8,7 @@
 //! | principal | `Reflex::Rule::"<rule>"` (the router rule that asked; `Reflex::Actor::"actor"` when it names none), attribute `name` |
 //! | action | `Reflex::Action::"<action name>"`: every `[[actor.action]]` is declared in the schema |
 //! | resource | `Reflex::Target::"<target>"`, attribute `name` (the target, for `like`); its tags are the enrichment context (`owner.team`, `cluster.env`, ...) |
-//! | context | `params` (a `Reflex::Params` entity whose tags are the request's params), `event` (`id`, `type`, `subject`, `time` of the causing event), `now` (decision time, UTC: `datetime`, `unix`, `date`, `hour`, `minute`, `weekday` 1 = Monday .. 7 = Sunday), `rule`, `kind`, `correlation_id`, `dry_run` |
+//! | context | `params` (a `Reflex::Params` entity whose tags are the request's params), `event` (`id`, `type`, `subject`, `time` of the causing event), `now` (decision time, UTC: `unix`, `date`, `hour`, `minute`, `weekday` 1 = Monday .. 7 = Sunday), `rule`, `kind`, `correlation_id`, `dry_run` |
 //!
 //! Params and enrichment are maps whose keys vary per pack, so they are entity **tags**
 //! (`resource.hasTag("owner.env") && resource.getTag("owner.env") == "production"`): the
@@ -114,7 +114,6 @@ impl EventAttrs {
 pub struct Policies {
     file: String,
     set: PolicySet,
-    schema: Schema,
     /// Policy id → `file:line` of its first line.
     lines: HashMap<PolicyId, String>,
     authorizer: Authorizer,
@@ -147,7 +146,7 @@ pub fn schema_text<'a>(actions: impl IntoIterator<Item = &'a str>) -> String {
   // The request's params, as tags.
   entity Params tags String;
   type Event = {{ id: String, type: String, subject: String, time: String }};
-  type Now = {{ datetime: datetime, unix: Long, date: String, hour: Long, minute: Long, weekday: Long }};
+  type Now = {{ unix: Long, date: String, hour: Long, minute: Long, weekday: Long }};
   type RequestContext = {{
     params: Params,
     event: Event,
@@ -271,7 +270,7 @@ impl Policies {
                 let place = e.labels().and_then(|mut l| l.next()).map(|l| l.offset());
                 seen.insert((place, e.help().map(|h| h.to_string())))
             })
-            .flat_map(|e| located(file, text, e, ""))
+            .flat_map(|e| located(file, text, e, &validation_help(&e.to_string())))
             .collect();
         if !errors.is_empty() {
             return Err(PolicyError { lines: errors });
@@ -282,7 +281,6 @@ impl Policies {
         Ok(Self {
             file: file.to_string(),
             set,
-            schema,
             lines,
             authorizer: Authorizer::new(),
         })
@@ -425,8 +423,9 @@ impl Policies {
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-        let entities =
-            Entities::from_entities(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
+        // Not checked against the schema per request (it doubled the cost): built here, in
+        // one shape, and the unit tests evaluate every field.
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let record = |fields: Vec<(&str, RestrictedExpression)>| {
             RestrictedExpression::new_record(fields.into_iter().map(|(k, v)| (k.to_string(), v)))
                 .map_err(|e| e.to_string())
@@ -448,12 +447,6 @@ impl Policies {
             (
                 "now".to_string(),
                 record(vec![
-                    (
-                        "datetime",
-                        RestrictedExpression::new_datetime(
-                            now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                        ),
-                    ),
                     ("unix", RestrictedExpression::new_long(now.timestamp())),
                     ("date", string(&now.format("%Y-%m-%d").to_string())),
                     (
@@ -487,10 +480,31 @@ impl Policies {
             ),
         ])
         .map_err(|e| e.to_string())?;
-        let request = Request::new(principal_uid, action, target, context, Some(&self.schema))
+        let request = Request::new(principal_uid, action, target, context, None)
             .map_err(|e| e.to_string())?;
         Ok((request, entities))
     }
+}
+
+/// The fix to suggest when Cedar has none: params and enrichment are tags, not attributes.
+fn validation_help(message: &str) -> String {
+    let tags = [
+        ("Reflex::Params", "context.params"),
+        ("Reflex::Target", "resource"),
+    ];
+    for (type_, path) in tags {
+        if message.contains(&format!("on entity type `{type_}` not found")) {
+            let name = message
+                .split("attribute `")
+                .nth(1)
+                .and_then(|s| s.split('`').next())
+                .unwrap_or("name");
+            return format!(
+                "{path} keeps its keys as tags: write `{path}.hasTag(\"{name}\") && {path}.getTag(\"{name}\")`"
+            );
+        }
+    }
+    "what a request offers to policies is listed in README.md, \"Policies\"".into()
 }
 
 /// `file:line:column: message (help)` for a diagnostic and those related to it, with the line
@@ -668,8 +682,7 @@ when { context.event.type like "io.k8s.*" && context.event.subject == "pod/p1" &
 
     #[test]
     fn a_forbid_that_fails_at_run_time_denies() {
-        // `getTag` without `hasTag` passes no validator only when guarded, so build the error
-        // from a datetime that cannot be compared: an unguarded tag is refused at start-up…
+        // An unguarded tag is refused at start-up…
         let e = policies(
             "permit (principal, action, resource);\nforbid (principal, action, resource)\nwhen { resource.getTag(\"tier\") == \"gold\" };\n",
         )
@@ -727,6 +740,12 @@ when { context.event.type like "io.k8s.*" && context.event.subject == "pod/p1" &
         assert!(
             e.to_string()
                 .starts_with("policies.cedar:3: @id(\"a\") is used by two policies"),
+            "{e}"
+        );
+        // A param read as an attribute: the fix says tags.
+        let e = policies("permit (principal, action, resource)\nwhen { context.params.namespace == \"shop\" };\n").unwrap_err();
+        assert!(
+            e.lines[0].ends_with("(fix: context.params keeps its keys as tags: write `context.params.hasTag(\"namespace\") && context.params.getTag(\"namespace\")`)"),
             "{e}"
         );
         // A missing file.
