@@ -107,6 +107,8 @@ mod tests {
             result: result.into(),
             idempotency_key: key.into(),
             last: true,
+            rule: Some("suspend-nonprod".into()),
+            target: "preview-1".into(),
         }
     }
 
