@@ -339,12 +339,28 @@ async fn idle_suspend_never_suspends_production_without_an_approval() {
     let lines: Vec<&str> = first.iter().map(String::as_str).collect();
     publish(&stack, &run, &lines, "idle");
 
-    // preview-4821 suspended; prod-analytics: an approval request only.
-    let t = tally(&final_outcomes(&stack, &run, 2).await);
+    // preview-4821 suspended; prod-analytics: an approval request only; preview-7731 (on the
+    // production cluster) denied by the pack's policy, never called.
+    let outcomes = final_outcomes(&stack, &run, 3).await;
+    let t = tally(&outcomes);
     assert_eq!(
         count(&t, "suspend-environment", ActionResult::Succeeded),
         1,
         "{t:?}"
+    );
+    let denied: Vec<&ActionOutcome> = outcomes
+        .iter()
+        .filter(|o| o.result == ActionResult::DeniedByPolicy)
+        .collect();
+    assert_eq!(denied.len(), 1, "{t:?}");
+    assert_eq!(denied[0].target, "preview-7731");
+    assert!(
+        denied[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("`no-unapproved-suspend-on-production-clusters`")),
+        "{:?}",
+        denied[0]
     );
     assert_eq!(
         count(&t, "request-approval", ActionResult::Succeeded),
@@ -376,7 +392,7 @@ async fn idle_suspend_never_suspends_production_without_an_approval() {
 
     // A human approved: the approval tool re-sends the signal with approved_by.
     publish(&stack, &run, &[approved.as_str()], "approved");
-    let t = tally(&final_outcomes(&stack, &run, 3).await);
+    let t = tally(&final_outcomes(&stack, &run, 4).await);
     assert_eq!(
         count(&t, "suspend-environment", ActionResult::Succeeded),
         2,

@@ -3,7 +3,8 @@
 
 usage: generate.py [--count N] [--seed S]
 Idle signals for dev, staging and production environments, some with running jobs; a few
-production ones carry an approval (as the approval tool re-sends them).
+production ones carry an approval (as the approval tool re-sends them); a few previews run on the
+production cluster (policies.cedar denies suspending them).
 """
 import argparse
 import json
@@ -20,7 +21,8 @@ for _ in range(args.count):
     print(json.dumps({
         "environment": f"{tier.lower()}-{rng.randint(1, 40):03d}",
         "tier": tier,
-        "cluster": "prod-eu" if prod else "dev-eu",
+        # A few previews run on the production cluster: the policy denies their suspend.
+        "cluster": "prod-eu" if prod or rng.random() < 0.05 else "dev-eu",
         "idle_minutes": rng.randint(0, 300),
         "cpu_percent": round(rng.uniform(0, 10), 1),
         "active_jobs": rng.choice([0, 0, 0, 1]),

@@ -103,6 +103,12 @@ pub struct ActorSettings {
     pub held_topic: String,
     /// Requests whose `reflex-hops` header exceeds this are dead-lettered (automation loop).
     pub max_hops: u32,
+    /// Cedar policy file every request must pass before it is claimed or executed (path
+    /// relative to the working directory; empty: no policies). Checked at start-up against the
+    /// configured actions: a file that does not parse or validate stops the actor naming file,
+    /// line and the fix. A denied request ends with outcome `DENIED_BY_POLICY`, never executed
+    /// nor retried. See [`crate::policy`].
+    pub policy_file: String,
     /// Shadow mode for the whole worker: record what would be done (outcome `DRY_RUN`), no effect.
     pub dry_run: bool,
     /// Kill switch from config: while true no action is executed (events wait, none is lost).

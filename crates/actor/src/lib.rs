@@ -82,12 +82,18 @@
 //! Templates using `raw` (unescaped) are warned about at start-up.
 //!
 //! **Loop prevention**: requests whose `reflex-hops` exceeds `actor.max_hops` are dead-lettered.
+//!
+//! **Policies** ([`policy`]): with `actor.policy_file` set, every rendered request is asked of
+//! a Cedar policy set before the dry-run check and before any claim; a deny ends it with one
+//! final `DENIED_BY_POLICY` outcome naming the policy (`reflex_policy_denials_total`), never
+//! executed nor retried. A file that does not parse or validate stops start-up.
 
 pub mod approval;
 pub mod breaker;
 pub mod call;
 pub mod config;
 pub mod lock;
+pub mod policy;
 pub mod sign;
 pub mod state;
 pub mod store;
@@ -142,6 +148,9 @@ pub enum StartError {
     Security(String),
     #[error("{0}")]
     Approvals(String),
+    /// Not a `source`: the lines are the whole message (`{:#}` would print them twice).
+    #[error("actor.policy_file is not usable:\n{0}")]
+    Policy(policy::PolicyError),
 }
 
 /// The actor stage.
@@ -160,6 +169,8 @@ pub struct Actor {
     allowlist: config::Allowlist,
     /// Some action needs approval: decisions are consumed ([`approval`]).
     approvals_on: bool,
+    /// `actor.policy_file`, validated at start-up.
+    policies: Option<policy::Policies>,
 }
 
 /// Kill-switch state, refreshed from Redis by a background task.
@@ -210,6 +221,7 @@ impl Actor {
         let (actions, templates) =
             config::compile(&config.stage.action, source, &|v| std::env::var(v).ok())?;
         let settings = config.stage.clone();
+        let policies = load_policies(&settings, &actions).map_err(StartError::Policy)?;
         let allowlist = config::Allowlist::new(&settings.allowed_hosts, &settings.allowed_schemes)
             .map_err(StartError::Security)?;
         if allowlist.is_open() && actions.iter().any(|a| matches!(a.kind, Kind::Http { .. })) {
@@ -322,7 +334,9 @@ impl Actor {
                     ActionResult::Denied,
                     ActionResult::Expired,
                 ]
-            })) {
+            }))
+            .chain(policies.as_ref().map(|_| ActionResult::DeniedByPolicy))
+            {
                 metrics::counter!(m::ACTIONS, "action" => name.clone(), "result" => result.as_str())
                     .increment(0);
             }
@@ -378,6 +392,7 @@ impl Actor {
             kill,
             allowlist,
             approvals_on,
+            policies,
         })
     }
 
@@ -660,6 +675,10 @@ impl Actor {
                 .map_err(|e| StageError::permanent(format!("action `{name}` field `url`: {e}")))?;
         }
 
+        if let Some(denied) = self.check_policies(&req, event, started)? {
+            return Ok(Plan::Finished(denied));
+        }
+
         if req.dry_run || action.settings.dry_run || self.settings.dry_run {
             let what = match &call {
                 Call::Http {
@@ -679,6 +698,31 @@ impl Actor {
             call,
             started,
         })))
+    }
+
+    /// Asks the policy file about a request: `Some(outputs)` (its final `DENIED_BY_POLICY`
+    /// outcome) when a policy denies it. Before the dry-run check, so a shadow run shows the
+    /// denial too.
+    fn check_policies(
+        &self,
+        req: &ActionRequest,
+        event: &Event,
+        started: (i64, Instant),
+    ) -> Result<Option<Vec<Output>>, StageError> {
+        let Some(policies) = &self.policies else {
+            return Ok(None);
+        };
+        let attrs = policy::EventAttrs::of(&event.headers);
+        let policy::Decision::Deny(denial) = policies.decide(req, &attrs, chrono::Utc::now())
+        else {
+            return Ok(None);
+        };
+        warn!(action = %req.action, idempotency_key = %req.idempotency_key, target = %req.target, policy = %denial.label(), reason = %denial, "action denied by policy");
+        metrics::counter!(m::POLICY_DENIALS, "action" => req.action.clone(), "policy" => denial.label())
+            .increment(1);
+        let mut o = self.outcome(req, ActionResult::DeniedByPolicy, 1, started);
+        o.error = Some(denial.reason);
+        Ok(Some(vec![self.outcome_output(&o, event, true)?]))
     }
 
     fn lease(&self) -> Duration {
@@ -1167,6 +1211,23 @@ async fn poll_kill_switch(store: StateBackend, kill: Arc<KillSwitch>, every: Dur
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// `actor.policy_file`, parsed and validated against the configured actions (none when empty).
+fn load_policies(
+    settings: &ActorSettings,
+    actions: &[Action],
+) -> Result<Option<policy::Policies>, policy::PolicyError> {
+    let file = settings.policy_file.trim();
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let policies = policy::Policies::load(
+        Path::new(file),
+        actions.iter().map(|a| a.settings.name.as_str()),
+    )?;
+    info!(policy_file = %file, policies = policies.len(), "policies loaded");
+    Ok(Some(policies))
 }
 
 /// The actor's part of the shared `main`: its config (loaded, checked, Kafka secrets resolved

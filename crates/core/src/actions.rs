@@ -62,6 +62,9 @@ pub enum ActionResult {
     Denied,
     /// No decision came within the approval timeout: `on_timeout` decided.
     Expired,
+    /// Denied by the actor's policy file (`actor.policy_file`): never executed nor retried;
+    /// the outcome's `error` names the policy.
+    DeniedByPolicy,
 }
 
 impl ActionResult {
@@ -78,6 +81,7 @@ impl ActionResult {
             ActionResult::Approved => "approved",
             ActionResult::Denied => "denied",
             ActionResult::Expired => "expired",
+            ActionResult::DeniedByPolicy => "denied_by_policy",
         }
     }
 }
@@ -248,7 +252,7 @@ mod tests {
     fn before_approvals() -> String {
         let old = ACTION_OUTCOME_SCHEMA
             .replace(
-                r#", "PENDING_APPROVAL", "APPROVED", "DENIED", "EXPIRED"], "default": "FAILED"}"#,
+                r#", "PENDING_APPROVAL", "APPROVED", "DENIED", "EXPIRED", "DENIED_BY_POLICY"], "default": "FAILED"}"#,
                 "]}",
             )
             .replace(
@@ -323,6 +327,26 @@ mod tests {
         let old = apache_avro::Schema::parse_str(&old).unwrap();
         let new = apache_avro::Schema::parse_str(ACTION_OUTCOME_SCHEMA).unwrap();
         apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new).unwrap();
+    }
+
+    /// DENIED_BY_POLICY was added at the end of the symbols: it round-trips, and the new
+    /// schema reads everything the one before it wrote (BACKWARD, the registry's default).
+    #[test]
+    fn denied_by_policy_is_appended_and_backward_compatible() {
+        let before = ACTION_OUTCOME_SCHEMA.replace(r#", "DENIED_BY_POLICY"]"#, "]");
+        assert_ne!(before, ACTION_OUTCOME_SCHEMA, "DENIED_BY_POLICY is last");
+        let denied = outcome(ActionResult::DeniedByPolicy);
+        let codec = AvroCodec::<ActionOutcome>::new(12, ACTION_OUTCOME_SCHEMA).unwrap();
+        let schema: serde_avro_fast::Schema = ACTION_OUTCOME_SCHEMA.parse().unwrap();
+        let bytes = codec.encode(&denied).unwrap();
+        assert_eq!(
+            AvroCodec::<ActionOutcome>::decode_with(&schema, &bytes).unwrap(),
+            denied
+        );
+        assert_eq!(ActionResult::DeniedByPolicy.as_str(), "denied_by_policy");
+        let before = apache_avro::Schema::parse_str(&before).unwrap();
+        let new = apache_avro::Schema::parse_str(ACTION_OUTCOME_SCHEMA).unwrap();
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&before, &new).unwrap();
     }
 
     #[test]

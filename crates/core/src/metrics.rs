@@ -73,3 +73,7 @@ pub const APPROVALS_REQUESTED: &str = "reflex_approvals_requested_total";
 pub const APPROVAL_DECISIONS: &str = "reflex_approval_decisions_total";
 /// Requests waiting for a decision, fleet-wide (read by each replica's sweeper from Redis).
 pub const APPROVALS_PENDING: &str = "reflex_approvals_pending";
+/// Requests a policy of `actor.policy_file` denied (outcome `DENIED_BY_POLICY`). Labels:
+/// `action`, `policy` (the denying policy's id, `no-permit` when no permit matched: a fixed set,
+/// the file's policies).
+pub const POLICY_DENIALS: &str = "reflex_policy_denials_total";

@@ -8,7 +8,10 @@
 //! the actor runs ([`reflex_actor::call`]), with templates using `raw` marked. Guardrails that can be known
 //! without Redis are applied: dry run (worker, action or request), approval (the action's
 //! `approval` and its `when`, evaluated on the request) and the blast-radius cap, counted over
-//! the file as if the window had just started. Nothing is produced, claimed or
+//! the file as if the window had just started. With a policy file
+//! (`actor.policy_file` of the pack's actor config, or `--policy`), each request is decided by
+//! the actor's own evaluator ([`reflex_actor::policy`]) at `--now` (default: the current time),
+//! and shown as allowed or `DENIED_BY_POLICY` with the policy that denied it. Nothing is produced, claimed or
 //! sent; the registry is not asked either (the pack's own schema files are used).
 //!
 //! A pack is a directory with `pack.toml` (how its events are published), `router.toml`,
@@ -24,9 +27,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use reflex_actor::call::{self, Call};
 use reflex_actor::config::{compile, Action};
+use reflex_actor::policy::{Decision, EventAttrs, Policies};
 use reflex_actor::ActorConfig;
 use reflex_core::actions::{ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
 use reflex_core::headers::ce;
@@ -53,7 +58,8 @@ stubbed, and print per event what would happen: the matching rule and destinatio
 which rule dropped or dead-lettered it), the action requests the enricher would bind, and the \
 call the actor would make (method, URL, headers, body; every value escaped exactly as the actor \
 escapes it, or the refusal the actor would dead-letter), or DRY_RUN / HELD / PENDING_APPROVAL \
-when a guardrail holds it or a person must approve it. Templates using `raw` (unescaped values) are listed as warnings and marked under \
+when a guardrail holds it or a person must approve it, or DENIED_BY_POLICY naming the policy when the actor's policy file (actor.policy_file, \
+or --policy FILE) denies it, decided at --now (default: the current time). Templates using `raw` (unescaped values) are listed as warnings and marked under \
 the calls they shape. The blast-radius cap is counted over the file as if its window had just started. \
 Nothing is produced and no broker, registry, Redis or target is contacted.\n\n\
 The pack directory holds pack.toml ([events] topic, type, source, key_field, file), \
@@ -107,6 +113,14 @@ pub struct RulesTestArgs {
     /// router.timer_delay.
     #[arg(long)]
     pub then: Option<String>,
+    /// Cedar policy file to decide each request with (default: the actor config's
+    /// `actor.policy_file`; none when that is empty).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The time policies see as `context.now` (RFC 3339, e.g. 2026-12-05T23:00:00Z; default:
+    /// the current time), to try business-hours policies.
+    #[arg(long, value_name = "TIME")]
+    pub now: Option<String>,
 }
 
 impl RulesTestArgs {
@@ -124,6 +138,8 @@ impl RulesTestArgs {
             start: "2026-01-01T00:00:00Z".into(),
             every: "1s".into(),
             then: None,
+            policy: None,
+            now: None,
         }
     }
 }
@@ -341,6 +357,7 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
         Some((&actor_path, &actor_text)),
         &|_| Some("shadow-mode".into()),
     )?;
+    let policies = shadow_policies(args, &actor_config, &actions)?;
     for action in &actions {
         for field in call::raw_fields(action, &templates) {
             raw.push(format!("action `{}` field `{field}`", action.settings.name));
@@ -398,6 +415,20 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
             "warning: {template} uses `raw`: its value is written unescaped (event data can steer that part)"
         );
     }
+    if let Some(p) = &policies {
+        let _ = writeln!(
+            out,
+            "policies: {} ({} {}), decided at {}",
+            p.policies.file(),
+            p.policies.len(),
+            if p.policies.len() == 1 {
+                "policy"
+            } else {
+                "policies"
+            },
+            p.now_label
+        );
+    }
     if !remote.is_empty() {
         let _ = writeln!(
             out,
@@ -414,6 +445,7 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
         actions: &actions,
         templates: &templates,
         actor_config: &actor_config,
+        policies: policies.as_ref(),
     };
     let mut windows = WindowTally::default();
     for (index, event) in events.iter().enumerate() {
@@ -517,6 +549,57 @@ pub async fn shadow(args: &RulesTestArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The policy file a shadow run decides with, and the time it decides at.
+struct ShadowPolicies {
+    policies: Policies,
+    at: Option<DateTime<Utc>>,
+    /// `--now`'s value, or "the current time": the report must not change by the minute.
+    now_label: String,
+}
+
+impl ShadowPolicies {
+    fn now(&self) -> DateTime<Utc> {
+        self.at.unwrap_or_else(Utc::now)
+    }
+}
+
+/// `--policy`, else the actor config's `policy_file`, validated as at the actor's start-up.
+fn shadow_policies(
+    args: &RulesTestArgs,
+    config: &ActorConfig,
+    actions: &[Action],
+) -> anyhow::Result<Option<ShadowPolicies>> {
+    let at = args
+        .now
+        .as_deref()
+        .map(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| anyhow!("--now {t}: {e} (write RFC 3339, e.g. 2026-12-05T23:00:00Z)"))
+        })
+        .transpose()?;
+    let file = match &args.policy {
+        Some(path) => path.clone(),
+        None if config.stage.policy_file.trim().is_empty() => {
+            if at.is_some() {
+                bail!("--now is for policies, and there are none: pass --policy FILE or set actor.policy_file");
+            }
+            return Ok(None);
+        }
+        None => PathBuf::from(config.stage.policy_file.trim()),
+    };
+    let policies = Policies::load(&file, actions.iter().map(|a| a.settings.name.as_str()))
+        .map_err(|e| anyhow!("the policy file is not usable (the actor would not start):\n{e}"))?;
+    Ok(Some(ShadowPolicies {
+        policies,
+        at,
+        now_label: args
+            .now
+            .clone()
+            .unwrap_or_else(|| "the current time".into()),
+    }))
+}
+
 fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -617,6 +700,7 @@ struct Downstream<'a> {
     actions: &'a [Action],
     templates: &'a Templates,
     actor_config: &'a ActorConfig,
+    policies: Option<&'a ShadowPolicies>,
 }
 
 impl Downstream<'_> {
@@ -688,7 +772,16 @@ impl Downstream<'_> {
                     "    enricher: {} -> {} (idempotency key {})",
                     req.action, request.topic, req.idempotency_key
                 );
-                let line = act(actions, templates, actor_config, &req, blast);
+                let decision = self.policies.map(|p| {
+                    let attrs = EventAttrs::of(&request.headers);
+                    p.policies.decide(&req, &attrs, p.now())
+                });
+                let allowed = decision == Some(Decision::Allow);
+                let line = act(actions, templates, actor_config, &req, decision, blast);
+                // Only where the actor would ask: a request it cannot render is refused first.
+                if allowed && line.outcome != "dead-lettered" {
+                    let _ = writeln!(out, "      policy: allowed");
+                }
                 tally.count(&req.action, &line);
                 let _ = write!(out, "{}", line.text);
             }
@@ -729,6 +822,7 @@ fn act(
     templates: &Templates,
     config: &ActorConfig,
     req: &ActionRequest,
+    decision: Option<Decision>,
     blast: &mut BTreeMap<String, u64>,
 ) -> ActorLine {
     let dead = |message: String| ActorLine {
@@ -774,6 +868,17 @@ fn act(
         Ok(call) => call,
         Err(message) => return dead(message),
     };
+    // Policies come before the dry run and the cap, as in the actor.
+    match decision {
+        Some(Decision::Deny(denial)) => {
+            return ActorLine {
+                outcome: "denied by policy",
+                text: format!("      actor: DENIED_BY_POLICY: {denial}, would not {call}\n"),
+            }
+        }
+        Some(Decision::Allow) => {}
+        None => {}
+    }
     let s = &action.settings;
     let dry = if req.dry_run {
         Some("the request (binding dry_run)")
@@ -948,6 +1053,68 @@ mod tests {
             report.contains("\n             raw (unescaped): header.x-reflex-owner\n"),
             "{report}"
         );
+    }
+
+    /// `--policy` and `--now`: restarts only in `shop` and on weekdays, decided by the actor's
+    /// evaluator; a broken policy file is the actor's start-up error.
+    #[tokio::test]
+    async fn policies_show_what_they_would_allow_and_deny() {
+        let (_dir, pack) = pack_copy();
+        let policy = pack.join("policies.cedar");
+        std::fs::write(
+            &policy,
+            r#"permit (principal, action, resource);
+
+@id("restart-only-in-shop")
+forbid (principal, action == Reflex::Action::"restart-pod", resource)
+unless { context.params.hasTag("namespace") && context.params.getTag("namespace") == "shop" };
+
+@id("weekdays-only")
+forbid (principal, action, resource) when { context.now.weekday > 5 };
+"#,
+        )
+        .unwrap();
+        let mut a = args(&pack);
+        a.policy = Some(policy.clone());
+        a.now = Some("2026-12-02T10:00:00Z".into()); // a Wednesday
+        let report = shadow(&a).await.unwrap();
+        assert!(
+            report.contains(&format!(
+                "policies: {} (3 policies), decided at 2026-12-02T10:00:00Z\n",
+                policy.display()
+            )),
+            "{report}"
+        );
+        let denied = report
+            .lines()
+            .filter(|l| l.contains("DENIED_BY_POLICY: denied by policy `restart-only-in-shop`"))
+            .count();
+        let allowed = report.matches("      policy: allowed\n").count();
+        assert!(denied >= 1 && allowed >= 1, "{report}");
+        assert!(report.contains(" denied by policy"), "{report}");
+
+        a.now = Some("2026-12-05T10:00:00Z".into()); // a Saturday: nothing runs
+        let report = shadow(&a).await.unwrap();
+        assert!(!report.contains("policy: allowed"), "{report}");
+        assert!(report.contains("`weekdays-only`"), "{report}");
+        assert!(!report.contains("would run"), "{report}");
+
+        std::fs::write(
+            &policy,
+            "permit (principal, action, resource)\nwhen { context.param.hasTag(\"x\") };\n",
+        )
+        .unwrap();
+        let e = shadow(&a).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "{}:2:8: for policy `policy0`, attribute `param`",
+                policy.display()
+            )),
+            "{e}"
+        );
+        a.now = Some("yesterday".into());
+        let e = shadow(&a).await.unwrap_err().to_string();
+        assert!(e.contains("--now yesterday"), "{e}");
     }
 
     #[tokio::test]

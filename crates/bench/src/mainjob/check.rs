@@ -384,6 +384,9 @@ pub fn check(e: &Evidence) -> Verdict {
             ),
         );
     }
+    if let Some(c) = super::policy::check(&e.records, &e.target) {
+        add(c.ok, c.check);
+    }
     let mut per_target = BTreeMap::new();
     for (rule, window) in &e.throttles {
         // A throttle fires at most once per window per group; a run of span T touches at most

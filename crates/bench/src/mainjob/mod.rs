@@ -21,6 +21,7 @@
 pub mod check;
 pub mod events;
 pub mod guards;
+pub mod policy;
 pub mod view;
 
 use std::collections::{BTreeMap, HashSet};
@@ -1095,6 +1096,9 @@ impl Job {
             "suppressed  {} duplicates by idempotency key",
             fmt(v.suppressed)
         );
+        if let Some(line) = policy::summary_line(&v.outcomes) {
+            let _ = writeln!(out, "{line}");
+        }
         for (rule, (fired, suppressed)) in &v.windows {
             let bound = v
                 .per_target

@@ -50,6 +50,7 @@ pub fn frame(fleet: &Fleet, p: &Progress) -> String {
     let mut out = render_text(fleet, WIDTH, TOP_HEIGHT);
     out.push_str(&job_lines(p));
     out.push_str(&super::guards::line(&p.guards));
+    out.extend(super::policy::live_line(fleet));
     out.push('\n');
     out
 }
