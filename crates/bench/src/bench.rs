@@ -114,7 +114,24 @@ pub struct BenchArgs {
     /// rejoins, so the drain would start with a rebalance (a warning says so).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(6..=1800))]
     backlog_session_timeout_s: u32,
-    /// Also write the report as JSON to this file.
+    /// Also run a peer doing the router's job in the same run (after the router, on the same
+    /// broker, with its own fresh topics like every scenario): `kafka-streams` builds and runs
+    /// `benches/kafka-streams-peer` (needs Maven and a JDK 17). Only with `--pipeline router`.
+    #[arg(long, value_enum)]
+    peer: Option<crate::peer::Peer>,
+    /// A setting for the peer over its tuned defaults, `key=value` (Kafka Streams: any streams,
+    /// `consumer.*` or `producer.*` setting); repeat for more.
+    #[arg(long = "peer-config", value_name = "KEY=VALUE")]
+    peer_config: Vec<String>,
+    /// The peer's JVM heap bound (`-Xmx`).
+    #[arg(long, default_value = "512m")]
+    peer_heap: String,
+    /// Run every scenario this many times, interleaved (baseline, pipeline, peer, baseline, …),
+    /// one table per round and a summary of the ratios: on a shared machine the ratios within a
+    /// round are the comparable figures.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// Also write the report as JSON to this file (an array of reports with `--rounds` > 1).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Directory with the worker binaries (default: the directory of this binary).
@@ -144,6 +161,9 @@ enum Pipeline {
     Router,
     /// Router → enricher → actor (log action).
     Full,
+    /// The Kafka Streams peer (`--peer kafka-streams`), not a pipeline of its own.
+    #[value(skip)]
+    KafkaStreams,
 }
 
 impl Pipeline {
@@ -152,13 +172,14 @@ impl Pipeline {
             Pipeline::Baseline => "baseline",
             Pipeline::Router => "router",
             Pipeline::Full => "router+enricher+actor",
+            Pipeline::KafkaStreams => "kafka-streams",
         }
     }
 
     /// Consume → produce hops between the input and the topic the bench reads.
     fn hops(self) -> u32 {
         match self {
-            Pipeline::Baseline | Pipeline::Router => 1,
+            Pipeline::Baseline | Pipeline::Router | Pipeline::KafkaStreams => 1,
             Pipeline::Full => 3,
         }
     }
@@ -188,6 +209,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .to_path_buf(),
     };
     let hops = args.hops.unwrap_or(args.pipeline.hops());
+    if args.peer.is_some() && args.pipeline != Pipeline::Router {
+        bail!("--peer runs the router's job: use it with --pipeline router");
+    }
+    // Built (or found current) before any scenario, so a failed build stops the run early.
+    let peer_jar = match args.peer {
+        Some(crate::peer::Peer::KafkaStreams) => Some(crate::peer::kafka_streams_jar()?),
+        None => None,
+    };
     let work = std::env::temp_dir().join(unique("reflex-bench"));
     std::fs::create_dir_all(&work)?;
     eprintln!(
@@ -207,29 +236,54 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         hops,
         bin_dir,
         work,
+        peer_jar,
     };
-    let baseline = if args.no_baseline && args.pipeline != Pipeline::Baseline {
-        None
-    } else {
-        Some(ctx.scenario(Pipeline::Baseline).await?)
-    };
-    let pipeline = if args.pipeline == Pipeline::Baseline {
-        None
-    } else {
-        Some(ctx.scenario(args.pipeline).await?)
-    };
-    let report = Report::new(
-        args.events,
-        args.rate.clone(),
-        args.partitions,
-        args.backlog,
-        baseline,
-        pipeline,
-    );
-    println!("{}", report.table());
+    let mut reports = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            eprintln!("reflex-bench: round {round}/{}", args.rounds);
+        }
+        let baseline = if args.no_baseline && args.pipeline != Pipeline::Baseline {
+            None
+        } else {
+            Some(ctx.scenario(Pipeline::Baseline).await?)
+        };
+        let pipeline = if args.pipeline == Pipeline::Baseline {
+            None
+        } else {
+            Some(ctx.scenario(args.pipeline).await?)
+        };
+        let peer = match args.peer {
+            Some(crate::peer::Peer::KafkaStreams) => {
+                Some(ctx.scenario(Pipeline::KafkaStreams).await?)
+            }
+            None => None,
+        };
+        let report = Report::new(
+            args.events,
+            args.rate.clone(),
+            args.partitions,
+            args.backlog,
+            baseline,
+            pipeline,
+        )
+        .with_peer(peer);
+        if args.rounds > 1 {
+            println!("\nround {round}/{}", args.rounds);
+        }
+        println!("{}", report.table());
+        reports.push(report);
+    }
+    if args.rounds > 1 {
+        println!("{}", crate::report::rounds_summary(&reports));
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("write {}", path.display()))?;
+        let json = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])?
+        } else {
+            serde_json::to_string_pretty(&reports)?
+        };
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }
@@ -241,6 +295,8 @@ struct Ctx<'a> {
     hops: u32,
     bin_dir: PathBuf,
     work: PathBuf,
+    /// The Kafka Streams peer's jar (`--peer kafka-streams`).
+    peer_jar: Option<PathBuf>,
 }
 
 /// Sends `signal` (`SIGSTOP`, `SIGCONT`) to a worker; every thread of it stops or resumes.
@@ -276,6 +332,7 @@ impl<'a> Ctx<'a> {
             ),
             Pipeline::Router => ("router", pipeline.name().to_string()),
             Pipeline::Full => ("full", pipeline.name().to_string()),
+            Pipeline::KafkaStreams => ("kstreams", pipeline.name().to_string()),
         };
         let topic = |stage: &str| unique(&format!("bench-{tag}-{stage}"));
         let input = topic("in");
@@ -293,7 +350,7 @@ impl<'a> Ctx<'a> {
                     .collect(),
                 None,
             ),
-            Pipeline::Router => (vec![topic("routed")], None),
+            Pipeline::Router | Pipeline::KafkaStreams => (vec![topic("routed")], None),
             Pipeline::Full => (
                 vec![topic("routed"), topic("requests"), topic("outcomes")],
                 Some(topic("held")),
@@ -370,6 +427,7 @@ impl<'a> Ctx<'a> {
                 workers
             }
             Pipeline::Router => vec![self.spawn_router(&input, &chain[0])?],
+            Pipeline::KafkaStreams => vec![self.spawn_kafka_streams(&input, &chain[0])?],
             Pipeline::Full => self.spawn_full(
                 &input,
                 &chain[0],
@@ -649,6 +707,39 @@ impl<'a> Ctx<'a> {
             },
         )?;
         self.spawn("router", c)
+    }
+
+    /// The Kafka Streams peer on the router's job: same input, rule and output as `spawn_router`.
+    fn spawn_kafka_streams(&self, input: &str, output: &str) -> anyhow::Result<Proc> {
+        let a = self.args;
+        let jar = self
+            .peer_jar
+            .as_deref()
+            .context("the Kafka Streams peer's jar was not built")?;
+        let application_id = unique("bench-kstreams");
+        let state_dir = self.work.join(&application_id);
+        let mut overrides = Vec::new();
+        if a.backlog {
+            // As the workers' group session in backlog mode: the stop must not end the membership.
+            let (session, poll) = self.group_timeouts_ms();
+            overrides.push(format!("consumer.session.timeout.ms={session}"));
+            overrides.push(format!("consumer.max.poll.interval.ms={poll}"));
+        }
+        overrides.extend(a.peer_config.iter().cloned());
+        let c = crate::peer::kafka_streams_command(
+            jar,
+            &crate::peer::PeerTopics {
+                bootstrap: &a.bootstrap,
+                registry_url: &a.registry_url,
+                input,
+                output,
+                application_id: &application_id,
+                state_dir: &state_dir,
+            },
+            &a.peer_heap,
+            &overrides,
+        );
+        self.spawn("kafka-streams", c)
     }
 
     fn spawn_full(
