@@ -10,9 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
-use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 
 /// A peer the benchmark can run next to the router.
@@ -27,59 +25,19 @@ fn project_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/kafka-streams-peer")
 }
 
-/// The newest modification time of `path` and everything under it.
-fn newest_mtime(path: &Path) -> SystemTime {
-    let own = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    match std::fs::read_dir(path) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| newest_mtime(&e.path()))
-            .fold(own, SystemTime::max),
-        Err(_) => own,
-    }
-}
-
 /// `benches/kafka-streams-peer/target/reflex-kafka-streams-peer.jar`, built first when it is
 /// missing or older than the pom or the sources.
 pub fn kafka_streams_jar() -> anyhow::Result<PathBuf> {
     let project = project_dir();
-    let pom = project.join("pom.xml");
-    if !pom.exists() {
-        bail!(
-            "{} is missing: --peer kafka-streams runs the peer from this source tree",
-            pom.display()
+    let jar = "reflex-kafka-streams-peer.jar";
+    if !project.join("target").join(jar).exists() {
+        eprintln!(
+            "building the Kafka Streams peer: mvn -q -B package in {}",
+            project.display()
         );
     }
-    let jar = project.join("target/reflex-kafka-streams-peer.jar");
-    let built = std::fs::metadata(&jar).and_then(|m| m.modified()).ok();
-    let sources = newest_mtime(&pom).max(newest_mtime(&project.join("src")));
-    if built.is_some_and(|built| built >= sources) {
-        return Ok(jar);
-    }
-    eprintln!(
-        "building the Kafka Streams peer: mvn -q -B package in {}",
-        project.display()
-    );
-    let output = Command::new("mvn")
-        .args(["-q", "-B", "-f"])
-        .arg(&pom)
-        .arg("package")
-        .output()
-        .context(
-            "run mvn (the Kafka Streams peer needs Maven and a JDK 17: \
-             apt-get install maven openjdk-17-jdk-headless)",
-        )?;
-    if !output.status.success() {
-        bail!(
-            "mvn package {} failed:\n{}\n{}",
-            project.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(jar)
+    reflex_testkit::maven_jar(&project, jar)
+        .map_err(|e| anyhow::anyhow!("--peer kafka-streams: {e}"))
 }
 
 /// Where the peer reads, writes and keeps its (empty) state.
