@@ -22,6 +22,12 @@
 //! also printed as a ratio to the baseline. `--pipeline baseline` runs the baseline alone (one
 //! hop unless `--hops N`).
 //!
+//! **Peers** (`--peer kafka-streams`, with `--pipeline router`): a third scenario after the router,
+//! another stream processor doing the router's job on its own fresh topics on the same broker
+//! (`benches/kafka-streams-peer`, see `peer.rs`); the table adds its column, `peer/base` and
+//! `router/peer` ratios. `--rounds N` repeats baseline, router and peer N times interleaved and
+//! ends with a summary of each round's ratios, the comparable figures on a shared machine.
+//!
 //! **Backlog mode** (`--backlog`, the "RSS flat while draining a backlog" target): after the
 //! warm-up the workers are stopped with SIGSTOP, all `--events` are produced and acknowledged,
 //! then the workers get SIGCONT and the drain is measured. The workers are warm (connections,
@@ -39,6 +45,8 @@
 //! scripts/stack.sh run -- target/release/reflex-bench --events 100000 --rate max --pipeline full
 //! scripts/stack.sh run -- target/release/reflex-bench --events 5000000 --pipeline router \
 //!     --no-baseline --backlog
+//! scripts/stack.sh run -- target/release/reflex-bench --events 200000 --rate max \
+//!     --pipeline router --peer kafka-streams --rounds 3
 //! ```
 //!
 //! Pipelines: `router` (router alone, a rule reading payload fields), `full` (router → enricher
@@ -126,9 +134,9 @@ pub struct BenchArgs {
     /// The peer's JVM heap bound (`-Xmx`).
     #[arg(long, default_value = "512m")]
     peer_heap: String,
-    /// Run every scenario this many times, interleaved (baseline, pipeline, peer, baseline, …),
-    /// one table per round and a summary of the ratios: on a shared machine the ratios within a
-    /// round are the comparable figures.
+    /// Run every scenario this many times, interleaved (round 1: baseline, pipeline, peer;
+    /// round 2: pipeline, peer, baseline; …), one table per round and a summary of the ratios:
+    /// on a shared machine the ratios within a round are the comparable figures.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
     /// Also write the report as JSON to this file (an array of reports with `--rounds` > 1).
@@ -243,22 +251,29 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if args.rounds > 1 {
             eprintln!("reflex-bench: round {round}/{}", args.rounds);
         }
-        let baseline = if args.no_baseline && args.pipeline != Pipeline::Baseline {
-            None
-        } else {
-            Some(ctx.scenario(Pipeline::Baseline).await?)
-        };
-        let pipeline = if args.pipeline == Pipeline::Baseline {
-            None
-        } else {
-            Some(ctx.scenario(args.pipeline).await?)
-        };
-        let peer = match args.peer {
-            Some(crate::peer::Peer::KafkaStreams) => {
-                Some(ctx.scenario(Pipeline::KafkaStreams).await?)
+        // The contenders of this round, their order rotated by one each round so that none
+        // always runs first or last (on a fresh broker, a warmer page cache, a busier machine).
+        let mut order = Vec::new();
+        if !(args.no_baseline && args.pipeline != Pipeline::Baseline) {
+            order.push(Pipeline::Baseline);
+        }
+        if args.pipeline != Pipeline::Baseline {
+            order.push(args.pipeline);
+        }
+        if args.peer.is_some() {
+            order.push(Pipeline::KafkaStreams);
+        }
+        let rotate = (round as usize - 1) % order.len();
+        order.rotate_left(rotate);
+        let (mut baseline, mut pipeline, mut peer) = (None, None, None);
+        for contender in order {
+            let scenario = Some(ctx.scenario(contender).await?);
+            match contender {
+                Pipeline::Baseline => baseline = scenario,
+                Pipeline::KafkaStreams => peer = scenario,
+                _ => pipeline = scenario,
             }
-            None => None,
-        };
+        }
         let report = Report::new(
             args.events,
             args.rate.clone(),
