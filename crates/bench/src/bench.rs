@@ -99,7 +99,7 @@ pub struct BenchArgs {
     /// Distinct keys (pods) the events spread over.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
-    /// Warm-up events per scenario (not measured).
+    /// Warm-up events per scenario (not measured). A JVM peer wants tens of thousands (JIT).
     #[arg(long, default_value_t = 200)]
     warmup: u64,
     /// Give up when no output arrived for this long (the report then shows what is missing).
@@ -472,9 +472,20 @@ impl<'a> Ctx<'a> {
                 .collect::<Vec<_>>()
                 .join(" → ")
         );
-        for n in 0..a.warmup {
-            let (id, k) = produce_one(format!("{WARMUP_PREFIX}{n}"), n);
-            send(&producer, &input, &keys[k], &payloads[k], &id).await?;
+        // Sent 1000 at a time, not one ack at a time: a JVM peer needs tens of thousands of
+        // warm-up events before its JIT has compiled the hot path.
+        let mut n = 0;
+        while n < a.warmup {
+            let chunk: Vec<(String, usize)> = (n..a.warmup.min(n + 1000))
+                .map(|n| produce_one(format!("{WARMUP_PREFIX}{n}"), n))
+                .collect();
+            n += chunk.len() as u64;
+            futures::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|(id, k)| send(&producer, &input, &keys[*k], &payloads[*k], id)),
+            )
+            .await?;
         }
         // The group joins are part of the warm-up, and can take up to the session timeout.
         let (session_ms, _) = self.group_timeouts_ms();
