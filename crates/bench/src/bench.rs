@@ -22,6 +22,12 @@
 //! also printed as a ratio to the baseline. `--pipeline baseline` runs the baseline alone (one
 //! hop unless `--hops N`).
 //!
+//! **Peers** (`--peer kafka-streams`, with `--pipeline router`): a third scenario after the router,
+//! another stream processor doing the router's job on its own fresh topics on the same broker
+//! (`benches/kafka-streams-peer`, see `peer.rs`); the table adds its column, `peer/base` and
+//! `router/peer` ratios. `--rounds N` repeats baseline, router and peer N times interleaved and
+//! ends with a summary of each round's ratios, the comparable figures on a shared machine.
+//!
 //! **Backlog mode** (`--backlog`, the "RSS flat while draining a backlog" target): after the
 //! warm-up the workers are stopped with SIGSTOP, all `--events` are produced and acknowledged,
 //! then the workers get SIGCONT and the drain is measured. The workers are warm (connections,
@@ -39,6 +45,8 @@
 //! scripts/stack.sh run -- target/release/reflex-bench --events 100000 --rate max --pipeline full
 //! scripts/stack.sh run -- target/release/reflex-bench --events 5000000 --pipeline router \
 //!     --no-baseline --backlog
+//! scripts/stack.sh run -- target/release/reflex-bench --events 200000 --rate max \
+//!     --pipeline router --peer kafka-streams --rounds 3
 //! ```
 //!
 //! Pipelines: `router` (router alone, a rule reading payload fields), `full` (router → enricher
@@ -91,7 +99,7 @@ pub struct BenchArgs {
     /// Distinct keys (pods) the events spread over.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
-    /// Warm-up events per scenario (not measured).
+    /// Warm-up events per scenario (not measured). A JVM peer wants tens of thousands (JIT).
     #[arg(long, default_value_t = 200)]
     warmup: u64,
     /// Give up when no output arrived for this long (the report then shows what is missing).
@@ -114,7 +122,24 @@ pub struct BenchArgs {
     /// rejoins, so the drain would start with a rebalance (a warning says so).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(6..=1800))]
     backlog_session_timeout_s: u32,
-    /// Also write the report as JSON to this file.
+    /// Also run a peer doing the router's job in the same run (after the router, on the same
+    /// broker, with its own fresh topics like every scenario): `kafka-streams` builds and runs
+    /// `benches/kafka-streams-peer` (needs Maven and a JDK 17). Only with `--pipeline router`.
+    #[arg(long, value_enum)]
+    peer: Option<crate::peer::Peer>,
+    /// A setting for the peer over its tuned defaults, `key=value` (Kafka Streams: any streams,
+    /// `consumer.*` or `producer.*` setting); repeat for more.
+    #[arg(long = "peer-config", value_name = "KEY=VALUE")]
+    peer_config: Vec<String>,
+    /// The peer's JVM heap bound (`-Xmx`).
+    #[arg(long, default_value = "512m")]
+    peer_heap: String,
+    /// Run every scenario this many times, interleaved (round 1: baseline, pipeline, peer;
+    /// round 2: pipeline, peer, baseline; …), one table per round and a summary of the ratios:
+    /// on a shared machine the ratios within a round are the comparable figures.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// Also write the report as JSON to this file (an array of reports with `--rounds` > 1).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Directory with the worker binaries (default: the directory of this binary).
@@ -144,6 +169,9 @@ enum Pipeline {
     Router,
     /// Router → enricher → actor (log action).
     Full,
+    /// The Kafka Streams peer (`--peer kafka-streams`), not a pipeline of its own.
+    #[value(skip)]
+    KafkaStreams,
 }
 
 impl Pipeline {
@@ -152,13 +180,14 @@ impl Pipeline {
             Pipeline::Baseline => "baseline",
             Pipeline::Router => "router",
             Pipeline::Full => "router+enricher+actor",
+            Pipeline::KafkaStreams => "kafka-streams",
         }
     }
 
     /// Consume → produce hops between the input and the topic the bench reads.
     fn hops(self) -> u32 {
         match self {
-            Pipeline::Baseline | Pipeline::Router => 1,
+            Pipeline::Baseline | Pipeline::Router | Pipeline::KafkaStreams => 1,
             Pipeline::Full => 3,
         }
     }
@@ -188,6 +217,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .to_path_buf(),
     };
     let hops = args.hops.unwrap_or(args.pipeline.hops());
+    if args.peer.is_some() && args.pipeline != Pipeline::Router {
+        bail!("--peer runs the router's job: use it with --pipeline router");
+    }
+    // Built (or found current) before any scenario, so a failed build stops the run early.
+    let peer_jar = match args.peer {
+        Some(crate::peer::Peer::KafkaStreams) => Some(crate::peer::kafka_streams_jar()?),
+        None => None,
+    };
     let work = std::env::temp_dir().join(unique("reflex-bench"));
     std::fs::create_dir_all(&work)?;
     eprintln!(
@@ -207,29 +244,61 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         hops,
         bin_dir,
         work,
+        peer_jar,
     };
-    let baseline = if args.no_baseline && args.pipeline != Pipeline::Baseline {
-        None
-    } else {
-        Some(ctx.scenario(Pipeline::Baseline).await?)
-    };
-    let pipeline = if args.pipeline == Pipeline::Baseline {
-        None
-    } else {
-        Some(ctx.scenario(args.pipeline).await?)
-    };
-    let report = Report::new(
-        args.events,
-        args.rate.clone(),
-        args.partitions,
-        args.backlog,
-        baseline,
-        pipeline,
-    );
-    println!("{}", report.table());
+    let mut reports = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            eprintln!("reflex-bench: round {round}/{}", args.rounds);
+        }
+        // The contenders of this round, their order rotated by one each round so that none
+        // always runs first or last (on a fresh broker, a warmer page cache, a busier machine).
+        let mut order = Vec::new();
+        if !(args.no_baseline && args.pipeline != Pipeline::Baseline) {
+            order.push(Pipeline::Baseline);
+        }
+        if args.pipeline != Pipeline::Baseline {
+            order.push(args.pipeline);
+        }
+        if args.peer.is_some() {
+            order.push(Pipeline::KafkaStreams);
+        }
+        let rotate = (round as usize - 1) % order.len();
+        order.rotate_left(rotate);
+        let (mut baseline, mut pipeline, mut peer) = (None, None, None);
+        for contender in order {
+            let scenario = Some(ctx.scenario(contender).await?);
+            match contender {
+                Pipeline::Baseline => baseline = scenario,
+                Pipeline::KafkaStreams => peer = scenario,
+                _ => pipeline = scenario,
+            }
+        }
+        let report = Report::new(
+            args.events,
+            args.rate.clone(),
+            args.partitions,
+            args.backlog,
+            baseline,
+            pipeline,
+        )
+        .with_peer(peer);
+        if args.rounds > 1 {
+            println!("\nround {round}/{}", args.rounds);
+        }
+        println!("{}", report.table());
+        reports.push(report);
+    }
+    if args.rounds > 1 {
+        println!("{}", crate::report::rounds_summary(&reports));
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("write {}", path.display()))?;
+        let json = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])?
+        } else {
+            serde_json::to_string_pretty(&reports)?
+        };
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }
@@ -241,6 +310,8 @@ struct Ctx<'a> {
     hops: u32,
     bin_dir: PathBuf,
     work: PathBuf,
+    /// The Kafka Streams peer's jar (`--peer kafka-streams`).
+    peer_jar: Option<PathBuf>,
 }
 
 /// Sends `signal` (`SIGSTOP`, `SIGCONT`) to a worker; every thread of it stops or resumes.
@@ -276,6 +347,7 @@ impl<'a> Ctx<'a> {
             ),
             Pipeline::Router => ("router", pipeline.name().to_string()),
             Pipeline::Full => ("full", pipeline.name().to_string()),
+            Pipeline::KafkaStreams => ("kstreams", pipeline.name().to_string()),
         };
         let topic = |stage: &str| unique(&format!("bench-{tag}-{stage}"));
         let input = topic("in");
@@ -293,7 +365,7 @@ impl<'a> Ctx<'a> {
                     .collect(),
                 None,
             ),
-            Pipeline::Router => (vec![topic("routed")], None),
+            Pipeline::Router | Pipeline::KafkaStreams => (vec![topic("routed")], None),
             Pipeline::Full => (
                 vec![topic("routed"), topic("requests"), topic("outcomes")],
                 Some(topic("held")),
@@ -370,6 +442,7 @@ impl<'a> Ctx<'a> {
                 workers
             }
             Pipeline::Router => vec![self.spawn_router(&input, &chain[0])?],
+            Pipeline::KafkaStreams => vec![self.spawn_kafka_streams(&input, &chain[0])?],
             Pipeline::Full => self.spawn_full(
                 &input,
                 &chain[0],
@@ -399,9 +472,20 @@ impl<'a> Ctx<'a> {
                 .collect::<Vec<_>>()
                 .join(" → ")
         );
-        for n in 0..a.warmup {
-            let (id, k) = produce_one(format!("{WARMUP_PREFIX}{n}"), n);
-            send(&producer, &input, &keys[k], &payloads[k], &id).await?;
+        // Sent 1000 at a time, not one ack at a time: a JVM peer needs tens of thousands of
+        // warm-up events before its JIT has compiled the hot path.
+        let mut n = 0;
+        while n < a.warmup {
+            let chunk: Vec<(String, usize)> = (n..a.warmup.min(n + 1000))
+                .map(|n| produce_one(format!("{WARMUP_PREFIX}{n}"), n))
+                .collect();
+            n += chunk.len() as u64;
+            futures::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|(id, k)| send(&producer, &input, &keys[*k], &payloads[*k], id)),
+            )
+            .await?;
         }
         // The group joins are part of the warm-up, and can take up to the session timeout.
         let (session_ms, _) = self.group_timeouts_ms();
@@ -649,6 +733,39 @@ impl<'a> Ctx<'a> {
             },
         )?;
         self.spawn("router", c)
+    }
+
+    /// The Kafka Streams peer on the router's job: same input, rule and output as `spawn_router`.
+    fn spawn_kafka_streams(&self, input: &str, output: &str) -> anyhow::Result<Proc> {
+        let a = self.args;
+        let jar = self
+            .peer_jar
+            .as_deref()
+            .context("the Kafka Streams peer's jar was not built")?;
+        let application_id = unique("bench-kstreams");
+        let state_dir = self.work.join(&application_id);
+        let mut overrides = Vec::new();
+        if a.backlog {
+            // As the workers' group session in backlog mode: the stop must not end the membership.
+            let (session, poll) = self.group_timeouts_ms();
+            overrides.push(format!("consumer.session.timeout.ms={session}"));
+            overrides.push(format!("consumer.max.poll.interval.ms={poll}"));
+        }
+        overrides.extend(a.peer_config.iter().cloned());
+        let c = crate::peer::kafka_streams_command(
+            jar,
+            &crate::peer::PeerTopics {
+                bootstrap: &a.bootstrap,
+                registry_url: &a.registry_url,
+                input,
+                output,
+                application_id: &application_id,
+                state_dir: &state_dir,
+            },
+            &a.peer_heap,
+            &overrides,
+        );
+        self.spawn("kafka-streams", c)
     }
 
     fn spawn_full(

@@ -16,6 +16,7 @@ mod bench;
 mod faults;
 mod mainjob;
 mod passthrough;
+mod peer;
 mod report;
 
 use std::process::ExitCode;

@@ -248,7 +248,30 @@ pub struct Report {
     pub backlog: bool,
     pub baseline: Option<Scenario>,
     pub pipeline: Option<Scenario>,
+    /// Pipeline / baseline.
     pub ratios: Option<Ratios>,
+    /// A peer on the pipeline's job (`--peer`), e.g. Kafka Streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Scenario>,
+    /// Peer / baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ratios: Option<Ratios>,
+    /// Pipeline / peer (the "≥ 1.5× Kafka Streams" figure is its `throughput`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline_vs_peer: Option<Ratios>,
+}
+
+impl Ratios {
+    /// `a` / `b`, figure by figure.
+    pub fn of(a: &Scenario, b: &Scenario) -> Self {
+        Ratios {
+            throughput: ratio(a.throughput_eps, b.throughput_eps),
+            p50: ratio(a.latency.p50_ms, b.latency.p50_ms),
+            p99: ratio(a.latency.p99_ms, b.latency.p99_ms),
+            cpu_per_event: ratio(a.cpu_us_per_event, b.cpu_us_per_event),
+            peak_rss: ratio(a.peak_rss_mb, b.peak_rss_mb),
+        }
+    }
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -269,13 +292,7 @@ impl Report {
         pipeline: Option<Scenario>,
     ) -> Self {
         let ratios = match (&baseline, &pipeline) {
-            (Some(b), Some(p)) => Some(Ratios {
-                throughput: ratio(p.throughput_eps, b.throughput_eps),
-                p50: ratio(p.latency.p50_ms, b.latency.p50_ms),
-                p99: ratio(p.latency.p99_ms, b.latency.p99_ms),
-                cpu_per_event: ratio(p.cpu_us_per_event, b.cpu_us_per_event),
-                peak_rss: ratio(p.peak_rss_mb, b.peak_rss_mb),
-            }),
+            (Some(b), Some(p)) => Some(Ratios::of(p, b)),
             _ => None,
         };
         Report {
@@ -286,12 +303,43 @@ impl Report {
             baseline,
             pipeline,
             ratios,
+            peer: None,
+            peer_ratios: None,
+            pipeline_vs_peer: None,
         }
+    }
+
+    /// Adds the peer's scenario and its ratios (peer / baseline, pipeline / peer).
+    pub fn with_peer(mut self, peer: Option<Scenario>) -> Self {
+        if let Some(peer) = &peer {
+            self.peer_ratios = self.baseline.as_ref().map(|b| Ratios::of(peer, b));
+            self.pipeline_vs_peer = self.pipeline.as_ref().map(|p| Ratios::of(p, peer));
+        }
+        self.peer = peer;
+        self
     }
 
     /// The table: one row per figure, a column per scenario and the ratio.
     pub fn table(&self) -> String {
-        let scenarios: Vec<&Scenario> = self.baseline.iter().chain(&self.pipeline).collect();
+        let scenarios: Vec<&Scenario> = self
+            .baseline
+            .iter()
+            .chain(&self.pipeline)
+            .chain(&self.peer)
+            .collect();
+        // Ratio columns: (title, numerator, denominator).
+        let mut ratio_columns: Vec<(String, &Scenario, &Scenario)> = Vec::new();
+        if let (Some(b), Some(p)) = (&self.baseline, &self.pipeline) {
+            ratio_columns.push(("ratio".into(), p, b));
+        }
+        if let Some(peer) = &self.peer {
+            if let Some(b) = &self.baseline {
+                ratio_columns.push(("peer/base".into(), peer, b));
+            }
+            if let Some(p) = &self.pipeline {
+                ratio_columns.push((format!("{}/peer", short(&p.name)), p, peer));
+            }
+        }
         let rows: [Row; 21] = [
             ("events received", |s| s.received as f64, "{:.0}"),
             ("missing", |s| s.missing as f64, "{:.0}"),
@@ -352,9 +400,8 @@ impl Report {
         for s in &scenarios {
             header.push_str(&format!(" {:>22} |", s.name));
         }
-        let with_ratio = scenarios.len() == 2;
-        if with_ratio {
-            header.push_str(&format!(" {:>8} |", "ratio"));
+        for (title, _, _) in &ratio_columns {
+            header.push_str(&format!(" {title:>11} |"));
         }
         out.push_str(&header);
         out.push('\n');
@@ -362,17 +409,17 @@ impl Report {
             "|{}|{}{}\n",
             "-".repeat(LABEL + 2),
             format!("{}|", "-".repeat(24)).repeat(scenarios.len()),
-            if with_ratio { "----------|" } else { "" }
+            "-------------|".repeat(ratio_columns.len())
         ));
         for (label, get, f) in rows {
             let mut line = format!("| {label:<LABEL$} |");
             for s in &scenarios {
                 line.push_str(&format!(" {:>22} |", fmt(get(s), f)));
             }
-            if with_ratio {
+            for (_, num, den) in &ratio_columns {
                 line.push_str(&format!(
-                    " {:>8} |",
-                    format!("{:.2}", ratio(get(scenarios[1]), get(scenarios[0])))
+                    " {:>11} |",
+                    format!("{:.2}", ratio(get(num), get(den)))
                 ));
             }
             out.push_str(&line);
@@ -411,6 +458,56 @@ impl Report {
         }
         out
     }
+}
+
+/// A scenario's name for a column title (`router`, `kafka-streams`).
+fn short(name: &str) -> &str {
+    name.split(['+', ' ']).next().unwrap_or(name)
+}
+
+/// One line per round of the figures the issue's targets compare, then their range: throughput
+/// ratios, CPU per event and the pipeline's CPU over the baseline's.
+pub fn rounds_summary(reports: &[Report]) -> String {
+    let mut out = String::from(
+        "\nrounds: throughput events/s (baseline / pipeline / peer), ratios, CPU µs/event\n\n\
+         | round | baseline ev/s | pipeline ev/s | peer ev/s | pipeline/base | peer/base | \
+         pipeline/peer | CPU µs/ev base / pipeline / peer | pipeline − base µs |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    let f = |s: Option<&Scenario>, get: fn(&Scenario) -> f64, prec: usize| {
+        s.map(|s| format!("{:.*}", prec, get(s)))
+            .unwrap_or_else(|| "-".into())
+    };
+    let r = |x: Option<&Ratios>| {
+        x.map(|x| format!("{:.2}", x.throughput))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (i, rep) in reports.iter().enumerate() {
+        let (b, p, q) = (
+            rep.baseline.as_ref(),
+            rep.pipeline.as_ref(),
+            rep.peer.as_ref(),
+        );
+        let over = match (b, p) {
+            (Some(b), Some(p)) => format!("{:.2}", p.cpu_us_per_event - b.cpu_us_per_event),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |\n",
+            i + 1,
+            f(b, |s| s.throughput_eps, 0),
+            f(p, |s| s.throughput_eps, 0),
+            f(q, |s| s.throughput_eps, 0),
+            r(rep.ratios.as_ref()),
+            r(rep.peer_ratios.as_ref()),
+            r(rep.pipeline_vs_peer.as_ref()),
+            f(b, |s| s.cpu_us_per_event, 2),
+            f(p, |s| s.cpu_us_per_event, 2),
+            f(q, |s| s.cpu_us_per_event, 2),
+            over,
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -493,6 +590,69 @@ mod tests {
         assert_eq!(r.min_after_rampup_mb, 42.0);
         assert_eq!(r.max_after_rampup_mb, 42.0);
         assert_eq!(r.spread_after_rampup_pct, 0.0);
+    }
+
+    fn scenario(name: &str, received: u64, elapsed_us: u64, cpu_s: f64) -> Scenario {
+        Scenario::new(
+            name,
+            received,
+            0,
+            &mut [1000, 2000],
+            received,
+            0,
+            elapsed_us,
+            1.0,
+            vec![WorkerFigures {
+                name: name.into(),
+                pid: 1,
+                cpu_s,
+                peak_rss_mb: 10.0,
+            }],
+            vec![],
+            1.0,
+            vec![],
+        )
+    }
+
+    #[test]
+    fn a_peer_gets_its_column_and_ratios_to_the_baseline_and_from_the_pipeline() {
+        // 1000 events: baseline in 1 s, router in 1.25 s, peer in 2.5 s.
+        let report = Report::new(
+            1000,
+            "max".into(),
+            6,
+            false,
+            Some(scenario("baseline (1 hop)", 1000, 1_000_000, 0.010)),
+            Some(scenario("router", 1000, 1_250_000, 0.012)),
+        )
+        .with_peer(Some(scenario("kafka-streams", 1000, 2_500_000, 0.030)));
+        let vs_peer = report.pipeline_vs_peer.as_ref().unwrap();
+        assert!((vs_peer.throughput - 2.0).abs() < 1e-9);
+        assert!((vs_peer.cpu_per_event - 0.4).abs() < 1e-9);
+        let peer = report.peer_ratios.as_ref().unwrap();
+        assert!((peer.throughput - 0.4).abs() < 1e-9);
+        assert!((report.ratios.as_ref().unwrap().throughput - 0.8).abs() < 1e-9);
+        let table = report.table();
+        let header = table.lines().find(|l| l.starts_with("| figure")).unwrap();
+        for column in ["kafka-streams", "ratio", "peer/base", "router/peer"] {
+            assert!(header.contains(column), "{header}");
+        }
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("| throughput events/s"))
+            .unwrap();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(&cells[2..8], ["1000", "800", "400", "0.80", "0.40", "2.00"]);
+        let summary = rounds_summary(&[report.clone(), report]);
+        assert_eq!(
+            summary.lines().filter(|l| l.starts_with("| 2 |")).count(),
+            1
+        );
+        assert!(summary.contains("| 1 | 1000 | 800 | 400 | 0.80 | 0.40 | 2.00 |"));
+        // Without a peer the JSON keeps its old shape.
+        let plain = Report::new(1, "max".into(), 1, false, None, None);
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("peer").is_none() && json.get("pipeline_vs_peer").is_none());
     }
 
     #[test]

@@ -55,6 +55,15 @@
 
 mod broker;
 pub mod client_config;
+
+/// jemalloc for the whole process, Rust and librdkafka's C allocations alike. On Apache Kafka,
+/// glibc malloc (`_int_malloc`, `_int_free`, `malloc_consolidate`, `unlink_chunk`) took ~22% of
+/// the router's CPU samples while it drained a backlog; with jemalloc the router spent 11.5–11.8
+/// instead of 13.5–17.1 µs of CPU per event in the same runs (BENCHMARKS.md, session 6).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod config;
 pub mod dead_letter;
 pub mod duration;

@@ -359,3 +359,53 @@ pub fn unconfigured_script(script: &str) -> Command {
     }
     command
 }
+
+/// The newest modification time of `path` and everything under it.
+fn newest_mtime(path: &Path) -> SystemTime {
+    let own = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(UNIX_EPOCH);
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| newest_mtime(&e.path()))
+            .fold(own, SystemTime::max),
+        Err(_) => own,
+    }
+}
+
+/// `<project>/target/<jar>` of a Maven project, built with `mvn -q -B package` first when it is
+/// missing or older than the project's `pom.xml` or `src/` (so a warm run starts the jar
+/// directly). The error says what failed: Maven missing, or its output.
+pub fn maven_jar(project: &Path, jar: &str) -> Result<PathBuf, String> {
+    let pom = project.join("pom.xml");
+    if !pom.exists() {
+        return Err(format!("{} is missing", pom.display()));
+    }
+    let jar = project.join("target").join(jar);
+    let built = std::fs::metadata(&jar).and_then(|m| m.modified()).ok();
+    let sources = newest_mtime(&pom).max(newest_mtime(&project.join("src")));
+    if built.is_some_and(|built| built >= sources) {
+        return Ok(jar);
+    }
+    let output = Command::new("mvn")
+        .args(["-q", "-B", "-f"])
+        .arg(&pom)
+        .arg("package")
+        .output()
+        .map_err(|e| {
+            format!(
+                "run mvn: {e} (needs Maven and a JDK 17: apt-get install maven \
+                 openjdk-17-jdk-headless)"
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "mvn package {} failed:\n{}\n{}",
+            project.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(jar)
+}
