@@ -66,8 +66,18 @@ impl ClientContext for ConnectErrors {
             )
         ) || reason.contains("certificate verify failed")
         {
+            // librdkafka reports a failed certificate check under several codes (SSL, a
+            // transport failure, or an authentication failure when SASL runs over TLS): the
+            // reason says what it was.
+            let tls = reason.contains("certificate verify failed")
+                || reason.contains("SSL handshake failed");
+            let code = if tls {
+                RDKafkaErrorCode::SSL
+            } else {
+                code.unwrap_or(RDKafkaErrorCode::SSL)
+            };
             let mut first = self.first_fatal.lock().unwrap_or_else(|p| p.into_inner());
-            first.get_or_insert((code.unwrap_or(RDKafkaErrorCode::SSL), reason.to_string()));
+            first.get_or_insert((code, reason.to_string()));
         }
         if code == Some(RDKafkaErrorCode::GroupAuthorizationFailed) {
             self.group_refused
