@@ -6,18 +6,14 @@ use tracing::debug;
 
 use crate::config::{KafkaSettings, RuntimeSettings};
 
-/// Measures this worker's own group lag every `lag_interval_ms` and exports it.
-pub(crate) async fn monitor(kafka: KafkaSettings, runtime: RuntimeSettings) {
-    let thresholds = reflex_lag::Thresholds {
-        window: runtime.lag_window,
-        stall_after: runtime.lag_stall_after,
-        stop_after: runtime.lag_stop_after,
-    };
-    let mut evaluator = reflex_lag::Evaluator::new(thresholds);
-    let mut reader = None;
-    loop {
-        tokio::time::sleep(runtime.lag_interval).await;
-        let (k, r) = (kafka.clone(), reader.take());
+/// Reads this worker's own group lag: the blocking client runs off the async runtime and is
+/// kept between reads. The lag monitor and the router's ticker both read through it.
+#[derive(Default)]
+pub struct OwnLag(Option<reflex_lag::LagReader>);
+
+impl OwnLag {
+    pub async fn read(&mut self, kafka: &KafkaSettings) -> Result<reflex_lag::GroupLag, String> {
+        let (k, r) = (kafka.clone(), self.0.take());
         let result = tokio::task::spawn_blocking(move || {
             let mut reader = match r {
                 Some(r) => r,
@@ -32,13 +28,33 @@ pub(crate) async fn monitor(kafka: KafkaSettings, runtime: RuntimeSettings) {
         })
         .await;
         match result {
-            Ok(Ok((r, sample))) => {
+            Ok(Ok((reader, sample))) => {
+                self.0 = Some(reader);
+                Ok(sample)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("lag reader panicked: {e}")),
+        }
+    }
+}
+
+/// Measures this worker's own group lag every `lag_interval_ms` and exports it.
+pub(crate) async fn monitor(kafka: KafkaSettings, runtime: RuntimeSettings) {
+    let thresholds = reflex_lag::Thresholds {
+        window: runtime.lag_window,
+        stall_after: runtime.lag_stall_after,
+        stop_after: runtime.lag_stop_after,
+    };
+    let mut evaluator = reflex_lag::Evaluator::new(thresholds);
+    let mut own = OwnLag::default();
+    loop {
+        tokio::time::sleep(runtime.lag_interval).await;
+        match own.read(&kafka).await {
+            Ok(sample) => {
                 let status = evaluator.observe(sample.clone());
                 reflex_lag::export(&sample, status);
-                reader = Some(r);
             }
-            Ok(Err(e)) => debug!(error = %e, "lag sample failed"),
-            Err(e) => debug!(error = %e, "lag sampler panicked"),
+            Err(e) => debug!(error = %e, "lag sample failed"),
         }
     }
 }

@@ -70,6 +70,7 @@ pub mod duration;
 pub mod http;
 mod kafka;
 mod lag;
+pub use lag::OwnLag;
 mod lanes;
 mod loop_metrics;
 #[cfg(test)]

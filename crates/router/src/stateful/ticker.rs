@@ -131,7 +131,7 @@ impl Ticker {
         };
         let emit = KafkaEmit(producer);
         let delay_s = self.engine.timer_delay.as_secs_f64();
-        let mut reader = None;
+        let mut own_lag = reflex_runtime::OwnLag::default();
         loop {
             tokio::time::sleep(interval).await;
             let now = chrono::Utc::now().timestamp_millis();
@@ -143,36 +143,20 @@ impl Ticker {
                     continue;
                 }
             }
-            let (k, r) = (kafka.clone(), reader.take());
-            let lag = tokio::task::spawn_blocking(move || {
-                let mut reader = match r {
-                    Some(r) => r,
-                    None => reflex_lag::LagReader::new(
-                        &k.bootstrap_servers,
-                        &k.properties,
-                        Duration::from_secs(10),
-                    )?,
-                };
-                let sample = reader.read(&k.group_id, &k.input_topics, &k.properties);
-                sample.map(|s| (reader, s))
-            })
-            .await;
+            let lag = own_lag.read(&kafka).await;
             let behind: HashMap<(String, i32), bool> = match lag {
-                Ok(Ok((r, sample))) => {
-                    reader = Some(r);
-                    sample
-                        .partitions
-                        .iter()
-                        .map(|p| {
-                            (
-                                (p.topic.clone(), p.partition),
-                                p.lag > 0 && p.lag_seconds > delay_s,
-                            )
-                        })
-                        .collect()
-                }
-                other => {
-                    debug!(result = ?other.map(|r| r.map(|_| ())), "ticker: the group's lag is unknown: timers wait");
+                Ok(sample) => sample
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        (
+                            (p.topic.clone(), p.partition),
+                            p.lag > 0 && p.lag_seconds > delay_s,
+                        )
+                    })
+                    .collect(),
+                Err(e) => {
+                    debug!(error = %e, "ticker: the group's lag is unknown: timers wait");
                     continue;
                 }
             };
