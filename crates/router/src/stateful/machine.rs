@@ -351,11 +351,6 @@ impl GroupState {
         }
     }
 
-    /// Whether nothing is open or waiting (the state only keeps history).
-    pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.window.as_ref().is_none_or(|w| w.fired)
-    }
-
     /// Firings this observation caused, for emitting again after a re-read.
     pub fn firings_of(&self, source: &Source) -> Vec<Firing> {
         let position = source.to_string();
