@@ -365,25 +365,11 @@ async fn sigkill_mid_stream_never_commits_past_an_unacknowledged_output() {
         let id = format!("evt-{i}");
         let pod = format!("pod-{}", i % 50);
         let value = pod_event(schema_id, &pod, i, 5, "CrashLoopBackOff");
-        let mut record = rdkafka::producer::FutureRecord::to(&input)
+        let record = rdkafka::producer::FutureRecord::to(&input)
             .key(&pod)
             .payload(&value)
             .headers(ce_headers(&id, "t", "s"));
-        let delivery = loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
-        };
+        let delivery = reflex_testkit::enqueue(&producer, record).await;
         pending.push((id, delivery));
     }
     for (id, delivery) in pending {

@@ -69,25 +69,11 @@ async fn publish(
             key: "ce_time",
             value: Some(&time),
         });
-        let mut record = rdkafka::producer::FutureRecord::to(topic)
+        let record = rdkafka::producer::FutureRecord::to(topic)
             .key(pod)
             .payload(&value)
             .headers(headers);
-        let delivery = loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
-        };
+        let delivery = reflex_testkit::enqueue(&producer, record).await;
         waits.push(delivery);
     }
     for w in waits {

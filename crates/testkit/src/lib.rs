@@ -153,6 +153,33 @@ pub fn ce_headers(id: &str, event_type: &str, source: &str) -> OwnedHeaders {
 }
 
 /// Produces one record and waits for the broker's acknowledgement; returns (partition, offset).
+/// Hands `record` to the producer without waiting for its acknowledgement (retrying while
+/// librdkafka's queue is full): for tests that publish many records fast, then await them.
+pub async fn enqueue<K, P>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, K, P>,
+) -> rdkafka::producer::DeliveryFuture
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+}
+
 pub async fn produce(
     producer: &FutureProducer,
     topic: &str,
