@@ -44,8 +44,18 @@ pub struct RssSummary {
     /// Lowest and highest sample from 10% of the window on, MiB.
     pub min_after_rampup_mb: f64,
     pub max_after_rampup_mb: f64,
-    /// `(max - min) / min` after the ramp-up, percent (the target: within 20%).
+    /// `(max - min) / min` after the ramp-up, percent: sample against sample, so it includes
+    /// the sawtooth of librdkafka's prefetch queue filling and emptying.
     pub spread_after_rampup_pct: f64,
+    /// Highest sample in each tenth of the window, MiB (0 for a tenth without a sample).
+    pub tenth_peaks_mb: [f64; 10],
+    /// Lowest and highest of the peaks of tenths 2 to 9, MiB.
+    pub steady_peak_min_mb: f64,
+    pub steady_peak_max_mb: f64,
+    /// `(max - min) / min` of those peaks, percent: whether the memory bound moves as the
+    /// drain goes on (a leak or an unbounded queue raises later peaks). The first tenth is the
+    /// ramp-up; in the last one partitions run dry one by one and the prefetch queue empties.
+    pub steady_peak_drift_pct: f64,
 }
 
 /// Share of the window treated as ramp-up.
@@ -78,6 +88,26 @@ impl RssSummary {
         };
         let min = after.iter().copied().fold(f64::INFINITY, f64::min);
         let max = after.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut tenth_peaks_mb = [0.0; 10];
+        for sample in series {
+            let tenth = ((sample.t_s / window_s * 10.0).max(0.0) as usize).min(9);
+            tenth_peaks_mb[tenth] = f64::max(tenth_peaks_mb[tenth], sample.mb);
+        }
+        let steady: Vec<f64> = tenth_peaks_mb[1..9]
+            .iter()
+            .copied()
+            .filter(|&mb| mb > 0.0)
+            .collect();
+        let steady_peak_min_mb = steady.iter().copied().fold(f64::INFINITY, f64::min);
+        let steady_peak_max_mb = steady.iter().copied().fold(0.0, f64::max);
+        let (steady_peak_min_mb, steady_peak_drift_pct) = if steady.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (
+                steady_peak_min_mb,
+                (steady_peak_max_mb - steady_peak_min_mb) / steady_peak_min_mb * 100.0,
+            )
+        };
         RssSummary {
             at_10pct_mb: at(0.10),
             at_50pct_mb: at(0.50),
@@ -89,6 +119,10 @@ impl RssSummary {
             } else {
                 0.0
             },
+            tenth_peaks_mb,
+            steady_peak_min_mb,
+            steady_peak_max_mb,
+            steady_peak_drift_pct,
         }
     }
 }
@@ -340,7 +374,7 @@ impl Report {
                 ratio_columns.push((format!("{}/peer", short(&p.name)), p, peer));
             }
         }
-        let rows: [Row; 21] = [
+        let rows: [Row; 24] = [
             ("events received", |s| s.received as f64, "{:.0}"),
             ("missing", |s| s.missing as f64, "{:.0}"),
             ("duplicates", |s| s.duplicates as f64, "{:.0}"),
@@ -376,6 +410,21 @@ impl Report {
             (
                 "RSS spread after ramp-up %",
                 |s| s.rss.spread_after_rampup_pct,
+                "{:.1}",
+            ),
+            (
+                "RSS lowest tenth peak MiB",
+                |s| s.rss.steady_peak_min_mb,
+                "{:.1}",
+            ),
+            (
+                "RSS highest tenth peak MiB",
+                |s| s.rss.steady_peak_max_mb,
+                "{:.1}",
+            ),
+            (
+                "RSS tenth-peak drift %",
+                |s| s.rss.steady_peak_drift_pct,
                 "{:.1}",
             ),
         ];
@@ -575,6 +624,32 @@ mod tests {
         assert_eq!(r.min_after_rampup_mb, 100.0);
         assert_eq!(r.max_after_rampup_mb, 200.0);
         assert!((r.spread_after_rampup_pct - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn tenth_peaks_ignore_a_sawtooth_but_show_growth() {
+        // A sawtooth between 50 and 100 MiB, period 2 s, over a 20 s window: every tenth
+        // peaks at 100, so the drift is 0 while the sample spread is 100%.
+        let saw: Vec<(f64, f64)> = (0..=40)
+            .map(|i| (i as f64 * 0.5, if i % 4 == 1 { 100.0 } else { 50.0 }))
+            .collect();
+        let r = RssSummary::from_series(&series(&saw), 20.0);
+        assert!((r.spread_after_rampup_pct - 100.0).abs() < 1e-9);
+        assert_eq!(r.steady_peak_min_mb, 100.0);
+        assert_eq!(r.steady_peak_max_mb, 100.0);
+        assert_eq!(r.steady_peak_drift_pct, 0.0);
+        // The same sawtooth on a rising floor: later tenths peak higher.
+        let leak: Vec<(f64, f64)> = saw.iter().map(|&(t, mb)| (t, mb + 5.0 * t)).collect();
+        let r = RssSummary::from_series(&series(&leak), 20.0);
+        assert!(r.tenth_peaks_mb[8] > r.tenth_peaks_mb[1]);
+        assert!(r.steady_peak_drift_pct > 50.0, "{r:?}");
+        // The first and last tenths are left out of the drift.
+        let mut ends = saw.clone();
+        ends[0].1 = 10.0;
+        ends[40].1 = 400.0;
+        let r = RssSummary::from_series(&series(&ends), 20.0);
+        assert_eq!(r.tenth_peaks_mb[9], 400.0);
+        assert_eq!(r.steady_peak_drift_pct, 0.0);
     }
 
     #[test]
