@@ -37,21 +37,21 @@ pub(crate) fn lane_of(event: &Event, lanes: usize) -> usize {
 /// events of one key are still processed, and their outputs enqueued, one after another.
 pub(crate) async fn lane<S: Stage, C: Consumer, P: Producer>(
     shared: Arc<Shared<S, C, P>>,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    settle_tx: mpsc::UnboundedSender<Enqueued<P::Delivery>>,
+    mut events: mpsc::UnboundedReceiver<Vec<Event>>,
+    settle_tx: mpsc::UnboundedSender<Vec<Enqueued<P::Delivery>>>,
 ) {
     let batch_max = shared.batch_max.max(1);
     let mut queued: VecDeque<Event> = VecDeque::new();
     loop {
         if queued.is_empty() {
             match events.recv().await {
-                Some(event) => queued.push_back(event),
+                Some(events) => queued.extend(events),
                 None => return,
             }
         }
         while queued.len() < LANE_LOOKAHEAD {
             match events.try_recv() {
-                Ok(event) => queued.push_back(event),
+                Ok(events) => queued.extend(events),
                 Err(_) => break,
             }
         }
@@ -111,8 +111,11 @@ fn order_hash(event: &Event) -> u64 {
 async fn process_batch<S: Stage, C: Consumer, P: Producer>(
     shared: &Arc<Shared<S, C, P>>,
     batch: Vec<Event>,
-    settle_tx: &mpsc::UnboundedSender<Enqueued<P::Delivery>>,
+    settle_tx: &mpsc::UnboundedSender<Vec<Enqueued<P::Delivery>>>,
 ) -> bool {
+    // Handed to the settler together, once all are enqueued: one channel send and one settle
+    // future per batch.
+    let mut enqueued = Vec::with_capacity(batch.len());
     let mut decisions = Vec::with_capacity(batch.len());
     for event in &batch {
         decisions.push(match &shared.parking {
@@ -195,16 +198,16 @@ async fn process_batch<S: Stage, C: Consumer, P: Producer>(
                         topic: event.topic.clone(),
                         message: error.to_string(),
                     });
+                    // What was enqueued before still settles; this event stays unfinished.
+                    let _ = settle_tx.send(enqueued);
                     return false;
                 }
             }
         }
-        if settle_tx.send((event, deliveries, dead_lettered)).is_err() {
-            // Only a panicking settler drops its receiver; the loop reports that panic.
-            return false;
-        }
+        enqueued.push((event, deliveries, dead_lettered));
     }
-    true
+    // Only a panicking settler drops its receiver; the loop reports that panic.
+    settle_tx.send(enqueued).is_ok()
 }
 
 #[cfg(test)]
