@@ -21,7 +21,7 @@ use crate::client_config::ClientConfigError;
 use crate::config::{KafkaSettings, RuntimeSettings};
 use crate::http::{serve as serve_http, Health};
 use crate::kafka::{KafkaConsumer, KafkaProducer};
-use crate::lanes::{lane, lane_of};
+use crate::lanes::{lane, lane_of, order_hash, Hashed};
 use crate::loop_metrics::{self, LoopMetrics};
 use crate::park::Parking;
 use crate::pause::{Backpressure, DelayedPartitions, Read, BACKPRESSURE_PAUSE_AFTER};
@@ -292,7 +292,7 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
         failed: AtomicBool::new(false),
         failure: Mutex::new(None),
     });
-    let lanes: Vec<mpsc::UnboundedSender<Vec<Event>>> = (0..limits.key_lanes.max(1))
+    let lanes: Vec<mpsc::UnboundedSender<Vec<Hashed>>> = (0..limits.key_lanes.max(1))
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
             let (settle_tx, settle_rx) = mpsc::unbounded_channel();
@@ -302,7 +302,7 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
         })
         .collect();
     // Events taken in the current pass, per lane.
-    let mut batches: Vec<Vec<Event>> = (0..lanes.len()).map(|_| Vec::new()).collect();
+    let mut batches: Vec<Vec<Hashed>> = (0..lanes.len()).map(|_| Vec::new()).collect();
 
     let paused_gauge = metrics::gauge!(m::PAUSED_PARTITIONS, "stage" => stage_name);
     let delayed_gauge = metrics::gauge!(m::DELAYED_PARTITIONS, "stage" => stage_name);
@@ -474,7 +474,7 @@ fn take<S: Stage, C: Consumer, P: Producer>(
     delayed: &mut DelayedPartitions,
     delayed_gauge: &metrics::Gauge,
     event: Event,
-    batches: &mut [Vec<Event>],
+    batches: &mut [Vec<Hashed>],
 ) -> bool {
     if delayed.read(&event.topic, event.partition, event.offset) == Read::Discard {
         return false;
@@ -498,8 +498,8 @@ fn take<S: Stage, C: Consumer, P: Producer>(
             .pause(&[TopicPartition::new(event.topic.clone(), event.partition)]);
     }
     backpressure.took(in_flight);
-    let lane = lane_of(&event, batches.len());
-    batches[lane].push(event);
+    let hash = order_hash(&event);
+    batches[lane_of(hash, batches.len())].push((hash, event));
     true
 }
 
