@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cel::objects::{Key, Map};
+use cel::common::types::{CelList, CelMap, CelMapKey, CelString};
+use cel::common::value::Val;
 use cel::Context;
 use reflex_core::headers::{ce, reflex as rh, Headers};
 use reflex_core::limits::RecordLimits;
@@ -121,8 +122,8 @@ pub struct Router {
     /// Top-level payload fields the rules select; `None`: some rule uses `payload` whole, so
     /// everything is decoded. Building only these is most of the payload-rule cost saved.
     payload_fields: Option<HashSet<String>>,
-    /// The `ce` attributes the rules select, as (CEL key, header name); `None`: all of them.
-    ce_fields: Option<Vec<(Key, String)>>,
+    /// The `ce` attributes the rules select, as (attribute, header name); `None`: all of them.
+    ce_fields: Option<Vec<(String, String)>>,
     /// `reflex_router_rule_matches_total` per rule, looked up once (the recorder is installed
     /// before the stage is built).
     matches: Vec<metrics::Counter>,
@@ -177,7 +178,10 @@ impl Router {
         let ce_fields = fields_read(&rules, "ce").map(|fields| {
             fields
                 .into_iter()
-                .map(|f| (Key::String(Arc::new(f.clone())), format!("ce_{f}")))
+                .map(|f| {
+                    let header = format!("ce_{f}");
+                    (f, header)
+                })
                 .collect()
         });
         let matches = rules
@@ -327,18 +331,25 @@ impl Router {
         event: &Event,
         payload: Option<cel::Value>,
     ) -> Result<Decision<'_>, StageError> {
-        let mut ctx = self.root.new_inner_scope();
+        // The scope's values may borrow from the event and the router (a shorter value lifetime
+        // than the root's): the selected `ce` attributes are built without copying them.
+        let root: &Context<'_, '_> = &self.root;
+        let mut ctx = root.new_inner_scope();
         let [uses_ce, uses_headers, uses_key, uses_topic] = self.uses;
         if uses_ce {
             match &self.ce_fields {
                 Some(fields) => {
-                    let mut map: HashMap<Key, cel::Value> = HashMap::with_capacity(fields.len());
+                    let mut map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> =
+                        HashMap::with_capacity(fields.len());
                     for (key, header) in fields {
                         if let Some(v) = event.headers.get_str(header) {
-                            map.insert(key.clone(), cel::Value::String(Arc::new(v.to_string())));
+                            map.insert(
+                                CelMapKey::String(CelString::from(key.as_str())),
+                                Box::new(CelString::from(v)),
+                            );
                         }
                     }
-                    ctx.add_variable_from_value("ce", cel::Value::Map(Map { map: Arc::new(map) }));
+                    ctx.add_variable_as_val("ce", Box::new(CelMap::from(map)));
                 }
                 None => {
                     let ce_map: HashMap<String, String> = event
@@ -375,7 +386,7 @@ impl Router {
             );
         }
         if let Some(payload) = payload {
-            ctx.add_variable_from_value("payload", payload);
+            ctx.add_variable_as_val("payload", into_val(payload));
         }
 
         let mut destinations: Vec<(&str, &str)> = Vec::new();
@@ -826,6 +837,31 @@ pub(crate) fn forward(
         key,
         payload,
         headers: out,
+    }
+}
+
+/// A decoded value as the CEL context stores it. `Context::add_variable_from_value` does this
+/// by cloning every map and list first; the decoded payload is ours, so it is moved instead.
+fn into_val(value: cel::Value) -> Box<dyn Val> {
+    match value {
+        cel::Value::Map(map) => {
+            let map = Arc::try_unwrap(map.map).unwrap_or_else(|shared| (*shared).clone());
+            let map: HashMap<CelMapKey<'static>, Box<dyn Val>> = map
+                .into_iter()
+                .map(|(k, v)| (CelMapKey::from(k), into_val(v)))
+                .collect();
+            Box::new(CelMap::from(map))
+        }
+        cel::Value::List(items) => {
+            let items = Arc::try_unwrap(items).unwrap_or_else(|shared| (*shared).clone());
+            Box::new(CelList::from(
+                items.into_iter().map(into_val).collect::<Vec<_>>(),
+            ))
+        }
+        // Scalars: what `add_variable_from_value` does (decoded Avro has no other kind).
+        other => other
+            .try_into()
+            .expect("a decoded Avro value converts to a CEL value"),
     }
 }
 

@@ -50,6 +50,12 @@ pub trait Consumer: Send + Sync + 'static {
     /// The next record of an assigned, unpaused partition.
     fn recv(&self) -> impl Future<Output = Result<Event, ConsumeError>> + Send;
 
+    /// The next record if one is ready now, without waiting: the loop takes what is ready in
+    /// one pass after `recv` returned. `None` when nothing is ready (the default: one at a time).
+    fn try_recv(&self) -> Option<Result<Event, ConsumeError>> {
+        None
+    }
+
     /// Stops fetching from `partitions` (the group session stays alive).
     fn pause(&self, partitions: &[TopicPartition]) -> Result<(), ConsumerCallError>;
 
@@ -65,6 +71,17 @@ pub trait Consumer: Send + Sync + 'static {
         partition: i32,
         offset: i64,
     ) -> Result<(), ConsumerCallError>;
+
+    /// [`Consumer::store_offset`] for several partitions at once (one call per settled batch).
+    fn store_offsets(&self, offsets: &[(&str, i32, i64)]) -> Result<(), ConsumerCallError> {
+        let mut result = Ok(());
+        for &(topic, partition, offset) in offsets {
+            if let Err(e) = self.store_offset(topic, partition, offset) {
+                result = Err(e);
+            }
+        }
+        result
+    }
 
     /// Commits the stored offsets now, before leaving (periodic commits are the client's own).
     fn commit(&self) -> Result<(), ConsumerCallError>;

@@ -1,14 +1,15 @@
 //! The rdkafka implementations of [`Consumer`] and [`Producer`], and the consumer context that
 //! reports rebalances to the loop's [`Membership`].
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rdkafka::consumer::StreamConsumer;
+use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{MessageStream, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -27,7 +28,12 @@ use crate::stage::{Event, Output};
 /// A group member on librdkafka's `StreamConsumer`, storing offsets itself
 /// (`enable.auto.offset.store=false`) and committing them periodically.
 pub(crate) struct KafkaConsumer {
-    consumer: StreamConsumer<RuntimeContext>,
+    /// One message stream for the consumer's life. `StreamConsumer::recv` builds a stream per
+    /// call (a waker slot registered and removed under a lock, per event); this one is polled
+    /// again and again. It borrows `consumer`, which lives on the heap behind the `Arc` and is
+    /// declared (so dropped) after it.
+    stream: Mutex<MessageStream<'static, RuntimeContext>>,
+    consumer: Arc<StreamConsumer<RuntimeContext>>,
 }
 
 impl KafkaConsumer {
@@ -49,7 +55,38 @@ impl KafkaConsumer {
                 topics: kafka.input_topics.clone(),
                 source,
             })?;
-        Ok(Self { consumer })
+        let consumer = Arc::new(consumer);
+        // SAFETY: the stream borrows the consumer's waker slab and base consumer, both inside
+        // the `Arc`'s allocation, which never moves and outlives the stream: `stream` is
+        // dropped before `consumer` (field order), and neither is handed out.
+        let stream = unsafe {
+            std::mem::transmute::<
+                MessageStream<'_, RuntimeContext>,
+                MessageStream<'static, RuntimeContext>,
+            >(consumer.stream())
+        };
+        Ok(Self {
+            stream: Mutex::new(stream),
+            consumer,
+        })
+    }
+
+    fn stream(&self) -> std::sync::MutexGuard<'_, MessageStream<'static, RuntimeContext>> {
+        // Only the loop polls it; a poisoned lock only means a panic elsewhere mid-poll.
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn consumed(
+        &self,
+        received: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+    ) -> Result<Event, ConsumeError> {
+        match received {
+            Ok(message) => Ok(to_event(&message)),
+            Err(e) => match self.consumer.client().fatal_error() {
+                Some((code, reason)) => Err(ConsumeError::Fatal(format!("{code:?}: {reason}"))),
+                None => Err(ConsumeError::Transient(e.to_string())),
+            },
+        }
     }
 }
 
@@ -67,12 +104,21 @@ fn topic_partition_list(partitions: &[TopicPartition]) -> TopicPartitionList {
 
 impl Consumer for KafkaConsumer {
     async fn recv(&self) -> Result<Event, ConsumeError> {
-        match self.consumer.recv().await {
-            Ok(message) => Ok(to_event(&message)),
-            Err(e) => match self.consumer.client().fatal_error() {
-                Some((code, reason)) => Err(ConsumeError::Fatal(format!("{code:?}: {reason}"))),
-                None => Err(ConsumeError::Transient(e.to_string())),
-            },
+        poll_fn(|cx| {
+            self.stream()
+                .poll_next_unpin(cx)
+                .map(|next| self.consumed(next.expect("Kafka streams never end")))
+        })
+        .await
+    }
+
+    fn try_recv(&self) -> Option<Result<Event, ConsumeError>> {
+        // A no-op waker may replace the loop's in the stream's slot; harmless, since the loop
+        // polls `recv` (which installs its own) before it waits.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match self.stream().poll_next_unpin(&mut cx) {
+            Poll::Ready(next) => Some(self.consumed(next.expect("Kafka streams never end"))),
+            Poll::Pending => None,
         }
     }
 
@@ -109,6 +155,18 @@ impl Consumer for KafkaConsumer {
         self.consumer
             .store_offset(topic, partition, offset)
             .map_err(call_error)
+    }
+
+    fn store_offsets(&self, offsets: &[(&str, i32, i64)]) -> Result<(), ConsumerCallError> {
+        // One call for many partitions, and no topic handle created and destroyed per call
+        // (`store_offset` takes one, under librdkafka's client-wide lock).
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for &(topic, partition, offset) in offsets {
+            // This API takes the next offset to read.
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+                .map_err(call_error)?;
+        }
+        self.consumer.store_offsets(&tpl).map_err(call_error)
     }
 
     fn commit(&self) -> Result<(), ConsumerCallError> {

@@ -23,10 +23,14 @@ const LANE_LOOKAHEAD: usize = 1024;
 /// How far into a lane's queue [`next_batch`] looks for events of keys not yet in the batch.
 const BATCH_SCAN: usize = 256;
 
-/// The lane of `event` among `lanes`: the same key (or, without one, the same partition)
-/// always takes the same lane.
-pub(crate) fn lane_of(event: &Event, lanes: usize) -> usize {
-    (order_hash(event) % lanes as u64) as usize
+/// An event with its [`order_hash`], computed once by the loop (it picks the lane) and used
+/// again to build batches.
+pub(crate) type Hashed = (u64, Event);
+
+/// The lane of an event with `hash` among `lanes`: the same key (or, without one, the same
+/// partition) always takes the same lane.
+pub(crate) fn lane_of(hash: u64, lanes: usize) -> usize {
+    (hash % lanes as u64) as usize
 }
 
 /// One key lane: per-key sequential processing and enqueueing; its settler awaits the acks.
@@ -37,21 +41,21 @@ pub(crate) fn lane_of(event: &Event, lanes: usize) -> usize {
 /// events of one key are still processed, and their outputs enqueued, one after another.
 pub(crate) async fn lane<S: Stage, C: Consumer, P: Producer>(
     shared: Arc<Shared<S, C, P>>,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    settle_tx: mpsc::UnboundedSender<Enqueued<P::Delivery>>,
+    mut events: mpsc::UnboundedReceiver<Vec<Hashed>>,
+    settle_tx: mpsc::UnboundedSender<Vec<Enqueued<P::Delivery>>>,
 ) {
     let batch_max = shared.batch_max.max(1);
-    let mut queued: VecDeque<Event> = VecDeque::new();
+    let mut queued: VecDeque<Hashed> = VecDeque::new();
     loop {
         if queued.is_empty() {
             match events.recv().await {
-                Some(event) => queued.push_back(event),
+                Some(events) => queued.extend(events),
                 None => return,
             }
         }
         while queued.len() < LANE_LOOKAHEAD {
             match events.try_recv() {
-                Ok(event) => queued.push_back(event),
+                Ok(events) => queued.extend(events),
                 Err(_) => break,
             }
         }
@@ -65,9 +69,13 @@ pub(crate) async fn lane<S: Stage, C: Consumer, P: Producer>(
 /// Takes the first event of each key from the front of `queued` (up to `max`, looking at most
 /// [`BATCH_SCAN`] deep), in queue order; a later event of a key already met stays queued, in
 /// order. Keyless events are ordered by their partition instead.
-fn next_batch(queued: &mut VecDeque<Event>, max: usize) -> Vec<Event> {
+fn next_batch(queued: &mut VecDeque<Hashed>, max: usize) -> Vec<Event> {
     if max <= 1 || queued.len() == 1 {
-        return queued.pop_front().into_iter().collect();
+        return queued
+            .pop_front()
+            .map(|(_, event)| event)
+            .into_iter()
+            .collect();
     }
     let mut batch = Vec::new();
     // Hashes of the keys met (a collision only keeps an event for the next round); a short
@@ -78,15 +86,14 @@ fn next_batch(queued: &mut VecDeque<Event>, max: usize) -> Vec<Event> {
         if batch.len() >= max {
             break;
         }
-        let Some(event) = queued.pop_front() else {
+        let Some((hash, event)) = queued.pop_front() else {
             break;
         };
-        let hash = order_hash(&event);
         if !keys_met.contains(&hash) {
             keys_met.push(hash);
             batch.push(event);
         } else {
-            skipped.push(event);
+            skipped.push((hash, event));
         }
     }
     for event in skipped.into_iter().rev() {
@@ -96,7 +103,7 @@ fn next_batch(queued: &mut VecDeque<Event>, max: usize) -> Vec<Event> {
 }
 
 /// What orders events: their key, or their partition when they have none.
-fn order_hash(event: &Event) -> u64 {
+pub(crate) fn order_hash(event: &Event) -> u64 {
     // A fixed seed: lanes only need to be stable within the process.
     let state = foldhash::fast::FixedState::with_seed(0);
     match &event.key {
@@ -111,8 +118,11 @@ fn order_hash(event: &Event) -> u64 {
 async fn process_batch<S: Stage, C: Consumer, P: Producer>(
     shared: &Arc<Shared<S, C, P>>,
     batch: Vec<Event>,
-    settle_tx: &mpsc::UnboundedSender<Enqueued<P::Delivery>>,
+    settle_tx: &mpsc::UnboundedSender<Vec<Enqueued<P::Delivery>>>,
 ) -> bool {
+    // Handed to the settler together, once all are enqueued: one channel send and one settle
+    // future per batch.
+    let mut enqueued = Vec::with_capacity(batch.len());
     let mut decisions = Vec::with_capacity(batch.len());
     for event in &batch {
         decisions.push(match &shared.parking {
@@ -195,16 +205,16 @@ async fn process_batch<S: Stage, C: Consumer, P: Producer>(
                         topic: event.topic.clone(),
                         message: error.to_string(),
                     });
+                    // What was enqueued before still settles; this event stays unfinished.
+                    let _ = settle_tx.send(enqueued);
                     return false;
                 }
             }
         }
-        if settle_tx.send((event, deliveries, dead_lettered)).is_err() {
-            // Only a panicking settler drops its receiver; the loop reports that panic.
-            return false;
-        }
+        enqueued.push((event, deliveries, dead_lettered));
     }
-    true
+    // Only a panicking settler drops its receiver; the loop reports that panic.
+    settle_tx.send(enqueued).is_ok()
 }
 
 #[cfg(test)]
@@ -229,20 +239,23 @@ mod tests {
         events.iter().map(|e| e.offset).collect()
     }
 
+    fn hashed<const N: usize>(events: [Event; N]) -> VecDeque<Hashed> {
+        events.into_iter().map(|e| (order_hash(&e), e)).collect()
+    }
+
     #[test]
     fn a_batch_takes_the_first_event_of_each_key_and_keeps_the_rest_in_order() {
-        let mut queued: VecDeque<Event> = [
+        let mut queued = hashed([
             event(Some("a"), 0, 1),
             event(Some("b"), 0, 2),
             event(Some("a"), 0, 3),
             event(Some("c"), 0, 4),
             event(Some("b"), 0, 5),
             event(Some("a"), 0, 6),
-        ]
-        .into();
+        ]);
         assert_eq!(offsets(&next_batch(&mut queued, 64)), [1, 2, 4]);
         assert_eq!(
-            offsets(&queued.iter().cloned().collect::<Vec<_>>()),
+            offsets(&queued.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>()),
             [3, 5, 6]
         );
         assert_eq!(offsets(&next_batch(&mut queued, 64)), [3, 5]);
@@ -252,16 +265,15 @@ mod tests {
 
     #[test]
     fn a_batch_respects_its_limit_and_keyless_events_keep_partition_order() {
-        let mut queued: VecDeque<Event> = [
+        let mut queued = hashed([
             event(None, 0, 1),
             event(None, 1, 2),
             event(None, 0, 3),
             event(Some("a"), 0, 4),
-        ]
-        .into();
+        ]);
         assert_eq!(offsets(&next_batch(&mut queued, 2)), [1, 2]);
         assert_eq!(offsets(&next_batch(&mut queued, 2)), [3, 4]);
-        let mut queued: VecDeque<Event> = [event(Some("a"), 0, 1), event(Some("b"), 0, 2)].into();
+        let mut queued = hashed([event(Some("a"), 0, 1), event(Some("b"), 0, 2)]);
         assert_eq!(
             offsets(&next_batch(&mut queued, 1)),
             [1],

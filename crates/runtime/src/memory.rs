@@ -230,6 +230,11 @@ impl Consumer for MemoryConsumer {
         }
     }
 
+    fn try_recv(&self) -> Option<Result<Event, ConsumeError>> {
+        // Already fetched: no (virtual) fetch time.
+        self.0.next_record().map(Ok)
+    }
+
     fn pause(&self, partitions: &[TopicPartition]) -> Result<(), ConsumerCallError> {
         let mut state = self.0.state();
         for tp in partitions {

@@ -1,6 +1,9 @@
 //! Which offset is safe to commit: the end of the contiguous prefix of finished events.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+/// foldhash rather than SipHash: looked up twice per event (begin, finish).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Tracks in-flight offsets per partition. An offset is safe once it and every earlier offset
 /// taken from the partition are finished, so a commit never passes an unfinished event even
@@ -23,7 +26,8 @@ impl OffsetTracker {
     /// Records that `offset` was taken from the partition and is now in flight.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
         if !self.partitions.contains_key(topic) {
-            self.partitions.insert(topic.to_string(), HashMap::new());
+            self.partitions
+                .insert(topic.to_string(), HashMap::default());
         }
         let Some(topic_state) = self.partitions.get_mut(topic) else {
             return;

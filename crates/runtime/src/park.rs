@@ -20,8 +20,8 @@
 //! Where at-least-once forces it (a crash after a pop was written but before the event's outputs
 //! were acknowledged) a key's order can break once; the actor's idempotency keeps effects single.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -52,6 +52,10 @@ pub enum Decision {
     /// A release marker, handled here: finish it without processing.
     Control,
 }
+
+/// A std map with foldhash: these maps are looked up for every event, and SipHash showed in
+/// the router's profile.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Topic → partition → state. Nested so that a lookup by the event's `&str` topic allocates
 /// nothing (this runs for every event).
@@ -101,6 +105,9 @@ pub struct Parking {
     prefix: String,
     stage: &'static str,
     partitions: Mutex<Partitions>,
+    /// Keys with a queue, over all partitions (the gauge's value). Kept in process only while
+    /// it is zero, nothing is parked: events are processed without taking the lock.
+    parked_keys: AtomicUsize,
     /// Bumped on every rebalance: partitions loaded under an older generation are reloaded.
     generation: Arc<AtomicU64>,
 }
@@ -120,7 +127,8 @@ impl Parking {
             redis,
             prefix,
             stage,
-            partitions: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::default()),
+            parked_keys: AtomicUsize::new(0),
             generation,
         }
     }
@@ -134,6 +142,11 @@ impl Parking {
         if is_release(event) {
             self.release(event).await;
             return Decision::Control;
+        }
+        // Without Redis this replica knows every parked key; with it, a partition gained in a
+        // rebalance must be loaded before deciding, so the lock is taken.
+        if self.redis.is_none() && self.parked_keys.load(Ordering::Acquire) == 0 {
+            return Decision::Process;
         }
         let (Some(key), Some(id)) = (&event.key, event.headers.get_str(ce::ID)) else {
             return Decision::Process;
@@ -237,7 +250,7 @@ impl Parking {
             .and_then(|by_partition| by_partition.get(&event.partition))
             .is_none_or(|state| state.generation != generation);
         if stale {
-            let mut keys = HashMap::new();
+            let mut keys = HashMap::default();
             if let Some(redis) = &self.redis {
                 let mut conn = redis.clone();
                 let hash = self.hash_key(&event.topic, event.partition);
@@ -300,6 +313,7 @@ impl Parking {
             .flat_map(HashMap::values)
             .map(|p| p.keys.len())
             .sum();
+        self.parked_keys.store(keys, Ordering::Release);
         metrics::gauge!(m::PARKED_KEYS, "stage" => self.stage).set(keys as f64);
     }
 }

@@ -139,12 +139,14 @@ impl DeadLetters {
     ) -> (Vec<Output>, Option<FinalFailure>) {
         let mut attempt = 1;
         let mut first_failure_ms = None;
-        // Tokio's clock, so tests with paused time see the deadline pass.
-        let started_at = tokio::time::Instant::now();
+        // Tokio's clock, so tests with paused time see the deadline pass. Read only when
+        // needed: most events succeed at their first attempt, done in a batch before this.
+        let mut started_at = None;
         loop {
             let result = match first.take() {
                 Some(result) => result,
                 None => {
+                    started_at.get_or_insert_with(tokio::time::Instant::now);
                     let started = Instant::now();
                     let result = stage.process(event).await;
                     metrics.processing.record(started.elapsed().as_secs_f64());
@@ -156,7 +158,10 @@ impl DeadLetters {
                 Err(error) => error,
             };
             first_failure_ms.get_or_insert_with(now_ms);
-            if let Some(backoff) = policy.retry_after(error.class, attempt, started_at.elapsed()) {
+            let since_first = started_at
+                .get_or_insert_with(tokio::time::Instant::now)
+                .elapsed();
+            if let Some(backoff) = policy.retry_after(error.class, attempt, since_first) {
                 warn!(
                     topic = %event.topic, partition = event.partition, offset = event.offset,
                     ce_id = event.headers.get_str(ce::ID).unwrap_or(""),

@@ -21,7 +21,7 @@ use crate::client_config::ClientConfigError;
 use crate::config::{KafkaSettings, RuntimeSettings};
 use crate::http::{serve as serve_http, Health};
 use crate::kafka::{KafkaConsumer, KafkaProducer};
-use crate::lanes::{lane, lane_of};
+use crate::lanes::{lane, lane_of, order_hash, Hashed};
 use crate::loop_metrics::{self, LoopMetrics};
 use crate::park::Parking;
 use crate::pause::{Backpressure, DelayedPartitions, Read, BACKPRESSURE_PAUSE_AFTER};
@@ -210,15 +210,17 @@ impl<S, C, P> Shared<S, C, P> {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// One more event in flight (the gauge is set once per pass by the loop).
     fn began(&self) -> usize {
-        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        self.metrics.in_flight.set(now as f64);
-        now
+        self.in_flight.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// One event finished (its offset is stored, or safe once earlier ones finish).
-    pub(crate) fn done(&self) {
-        let left = self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+    /// `count` events finished (their offsets are stored, or safe once earlier ones finish).
+    pub(crate) fn done(&self, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let left = self.in_flight.fetch_sub(count, Ordering::AcqRel) - count;
         self.metrics.in_flight.set(left as f64);
         self.progress.notify_one();
     }
@@ -290,7 +292,7 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
         failed: AtomicBool::new(false),
         failure: Mutex::new(None),
     });
-    let lanes: Vec<mpsc::UnboundedSender<Event>> = (0..limits.key_lanes.max(1))
+    let lanes: Vec<mpsc::UnboundedSender<Vec<Hashed>>> = (0..limits.key_lanes.max(1))
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
             let (settle_tx, settle_rx) = mpsc::unbounded_channel();
@@ -299,12 +301,13 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
             tx
         })
         .collect();
+    // Events taken in the current pass, per lane.
+    let mut batches: Vec<Vec<Hashed>> = (0..lanes.len()).map(|_| Vec::new()).collect();
 
     let paused_gauge = metrics::gauge!(m::PAUSED_PARTITIONS, "stage" => stage_name);
     let delayed_gauge = metrics::gauge!(m::DELAYED_PARTITIONS, "stage" => stage_name);
     let mut backpressure = Backpressure::new(limits.max_in_flight, limits.backpressure_pause_after);
     let mut delayed = DelayedPartitions::default();
-    let far = || Instant::now() + Duration::from_secs(3600);
     let mut consumer_fatal = None;
     tokio::pin!(shutdown);
     loop {
@@ -314,10 +317,12 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
         backpressure.observe(shared.in_flight());
         let pause_at = backpressure.pause_at();
         let next_due = delayed.next_due();
+        // The timers are built only when their branch is enabled: `select!` evaluates every
+        // branch's expression each round, and a `Sleep` reads the clock and the runtime handle.
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            _ = tokio::time::sleep_until(next_due.unwrap_or_else(far)), if next_due.is_some() => {
+            _ = sleep_until(next_due), if next_due.is_some() => {
                 let due = delayed.take_due(Instant::now());
                 if !backpressure.paused() {
                     if let Err(e) = shared.consumer.resume(&due) {
@@ -326,7 +331,7 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
                 }
                 delayed_gauge.set(delayed.len() as f64);
             }
-            _ = tokio::time::sleep_until(pause_at.unwrap_or_else(far)), if pause_at.is_some() => {
+            _ = sleep_until(pause_at), if pause_at.is_some() => {
                 let paused = match shared.consumer.assignment() {
                     Ok(assignment) => match shared.consumer.pause(&assignment) {
                         Ok(()) => {
@@ -359,35 +364,54 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
                     debug!("backpressure released: partitions resumed");
                 }
             }
-            received = shared.consumer.recv(), if backpressure.reading() => match received {
-                Ok(event) => {
-                    if delayed.read(&event.topic, event.partition, event.offset) == Read::Discard {
-                        continue;
+            received = shared.consumer.recv(), if backpressure.reading() => {
+                // Take this record and every one already fetched (up to PASS_MAX, while not
+                // saturated), then hand each lane its share at once: one select round, one
+                // channel send and one lane wake-up per pass instead of per record.
+                let mut received = received;
+                let mut taken = 0;
+                let mut transient = None;
+                loop {
+                    match received {
+                        Ok(event) => {
+                            if take(&shared, &mut backpressure, &mut delayed, &delayed_gauge, event, &mut batches) {
+                                taken += 1;
+                            }
+                        }
+                        Err(ConsumeError::Fatal(message)) => {
+                            // librdkafka's consumer is unusable after a fatal error (e.g. a static
+                            // member fenced by its own rejoin after a broker stall): consuming on
+                            // would stall its partitions forever. Stop; a restart rejoins.
+                            consumer_fatal = Some(message);
+                            break;
+                        }
+                        Err(ConsumeError::Transient(message)) => {
+                            transient = Some(message);
+                            break;
+                        }
                     }
-                    if let Some(wait) = not_due_for(&shared.stage, &event) {
-                        delay_partition(&shared.consumer, &mut delayed, &event, wait);
-                        delayed_gauge.set(delayed.len() as f64);
-                        continue;
+                    if taken >= PASS_MAX || !backpressure.reading() {
+                        break;
                     }
-                    shared.metrics.events_in.increment(1);
-                    shared.membership.tracker().begin(&event.topic, event.partition, event.offset);
-                    let in_flight = shared.began();
-                    if backpressure.paused() {
-                        // A partition assigned while paused starts unpaused: pause it too.
-                        let _ = shared.consumer.pause(&[TopicPartition::new(event.topic.clone(), event.partition)]);
+                    match shared.consumer.try_recv() {
+                        Some(next) => received = next,
+                        None => break,
                     }
-                    backpressure.took(in_flight);
-                    // Lanes live until the drain unless one panicked, which stops the loop.
-                    let _ = lanes[lane_of(&event, lanes.len())].send(event);
                 }
-                Err(ConsumeError::Fatal(message)) => {
-                    // librdkafka's consumer is unusable after a fatal error (e.g. a static
-                    // member fenced by its own rejoin after a broker stall): consuming on
-                    // would stall its partitions forever. Stop; a restart rejoins.
-                    consumer_fatal = Some(message);
+                if taken > 0 {
+                    shared.metrics.events_in.increment(taken as u64);
+                    shared.metrics.in_flight.set(shared.in_flight() as f64);
+                }
+                for (lane, batch) in lanes.iter().zip(batches.iter_mut()) {
+                    if !batch.is_empty() {
+                        // Lanes live until the drain unless one panicked, which stops the loop.
+                        let _ = lane.send(std::mem::take(batch));
+                    }
+                }
+                if consumer_fatal.is_some() {
                     break;
                 }
-                Err(ConsumeError::Transient(message)) => {
+                if let Some(message) = transient {
                     // Broker unreachable, topic missing, ...: the client keeps retrying.
                     warn!(error = %message, "consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -429,6 +453,54 @@ pub(crate) async fn run_loop<S: Stage, C: Consumer, P: Producer>(
     shared.consumer.leave();
     info!(stage = stage_name, "worker stopped");
     Ok(())
+}
+
+/// Most records one pass of the loop takes before handing them to the lanes.
+const PASS_MAX: usize = 256;
+
+/// Sleeps until `at`; never resolves for `None` (the branch is disabled then anyway).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes one consumed record: skipped when its partition is delayed or it is not due yet,
+/// otherwise tracked as in flight and queued for its lane. Returns whether it was taken.
+fn take<S: Stage, C: Consumer, P: Producer>(
+    shared: &Shared<S, C, P>,
+    backpressure: &mut Backpressure,
+    delayed: &mut DelayedPartitions,
+    delayed_gauge: &metrics::Gauge,
+    event: Event,
+    batches: &mut [Vec<Hashed>],
+) -> bool {
+    if delayed.read(&event.topic, event.partition, event.offset) == Read::Discard {
+        return false;
+    }
+    if let Some(wait) = not_due_for(&shared.stage, &event) {
+        delay_partition(&shared.consumer, delayed, &event, wait);
+        delayed_gauge.set(delayed.len() as f64);
+        return false;
+    }
+    // Begun at once, not at the end of the pass: a revocation reported during the next poll
+    // must find it (and forget it).
+    shared
+        .membership
+        .tracker()
+        .begin(&event.topic, event.partition, event.offset);
+    let in_flight = shared.began();
+    if backpressure.paused() {
+        // A partition assigned while paused starts unpaused: pause it too.
+        let _ = shared
+            .consumer
+            .pause(&[TopicPartition::new(event.topic.clone(), event.partition)]);
+    }
+    backpressure.took(in_flight);
+    let hash = order_hash(&event);
+    batches[lane_of(hash, batches.len())].push((hash, event));
+    true
 }
 
 /// How long until `event` is due, when the stage says it is not due yet.

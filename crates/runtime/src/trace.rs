@@ -30,8 +30,9 @@ impl Injector for HeaderInjector<'_> {
 
 /// The processing span of `event`, parented by its `traceparent` header when it has one.
 pub fn process_span(event: &Event, group: &str) -> Span {
-    let ce_id = event.headers.get_str(ce::ID).unwrap_or("");
-    let correlation_id = event.headers.get_str(ce::CORRELATION_ID).unwrap_or(ce_id);
+    // Field values are evaluated only when the span is enabled: a disabled span (no exporter,
+    // log level above info) costs no header lookups.
+    let ce_id = || event.headers.get_str(ce::ID).unwrap_or("");
     let span = tracing::info_span!(
         "process",
         "otel.name" = %format!("process {}", event.topic),
@@ -44,11 +45,11 @@ pub fn process_span(event: &Event, group: &str) -> Span {
         "messaging.destination.partition.id" = %event.partition,
         "messaging.consumer.group.name" = %group,
         "messaging.kafka.offset" = event.offset,
-        "messaging.message.id" = %ce_id,
+        "messaging.message.id" = %ce_id(),
         "messaging.kafka.message.tombstone" = event.payload.is_none(),
         "error.type" = tracing::field::Empty,
-        ce_id = %ce_id,
-        correlation_id = %correlation_id,
+        ce_id = %ce_id(),
+        correlation_id = %event.headers.get_str(ce::CORRELATION_ID).unwrap_or_else(ce_id),
     );
     // A disabled span (no exporter, log level above info) has no context to parent: skip
     // parsing `traceparent` for it.
@@ -88,6 +89,9 @@ pub fn record_error(span: &Span, class: &str) {
 /// Writes `span`'s context into each output's `traceparent` / `tracestate`, when the span is
 /// being recorded (an exporter is configured); otherwise outputs keep the headers they have.
 pub fn inject(span: &Span, outputs: &mut [Output]) {
+    if span.is_disabled() {
+        return;
+    }
     let context = span.context();
     if !opentelemetry::trace::TraceContextExt::has_active_span(&context) {
         return;
