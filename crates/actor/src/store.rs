@@ -321,9 +321,11 @@ pub fn switch_on(value: Option<&str>) -> bool {
 /// A claim owner token unique to this process and call.
 pub fn owner_token(worker: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
+    // The pid once: `getpid` is a system call, and tokens are made per request.
+    static PID: LazyLock<u32> = LazyLock::new(std::process::id);
     format!(
         "{worker}/{}/{}/{}",
-        std::process::id(),
+        *PID,
         now_ms(),
         N.fetch_add(1, Ordering::Relaxed)
     )
