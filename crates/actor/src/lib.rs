@@ -24,11 +24,11 @@
 //!
 //! **Batches.** The runtime hands the actor the requests queued in a key lane together
 //! (distinct keys, [`reflex_runtime::Stage::process_batch`]): their claims go to Redis as one
-//! pipeline, each claimed request is executed in order, and their done records go as a second
-//! pipeline, so a request costs two shared round trips instead of two of its own. A key found
-//! busy takes the one-request path (polling) after the others; if the done pipeline fails, every
-//! claim of the batch is released and each request is retried alone (as one failed done
-//! record is).
+//! script call, each claimed request is executed in order, and their done records go as a
+//! second, so a request costs two shared round trips (and Lua calls) instead of two of its own.
+//! A key found busy takes the one-request path (polling) after the others; if the done call
+//! fails, every claim of the batch is released and each request is retried alone (as one failed
+//! done record is).
 //!
 //! The state lives in Redis by default; `actor.state_backend = "memory"` (or `"auto"` with no
 //! reachable Redis) keeps it in process for a single replica instead ([`state`]), with a warn
