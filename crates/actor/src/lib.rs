@@ -6,7 +6,8 @@
 //! request's fields, `Idempotency-Key` is the request's key, optional Standard Webhooks
 //! signature), `emit` (an extra output record to a topic with CloudEvents headers:
 //! `ce_causationid` = the request's event id, `ce_correlationid` kept, `reflex-hops` + 1) and
-//! `log`. The configured kind decides; the request's `kind` is informational. An unknown action
+//! `log` (an `info` line; its message is rendered only when the level lets that line through,
+//! so a message that cannot render for a request fails it only then). The configured kind decides; the request's `kind` is informational. An unknown action
 //! is a permanent error (dead letter). Bad configuration fails start-up naming file, line,
 //! action and field.
 //!
@@ -23,11 +24,11 @@
 //!
 //! **Batches.** The runtime hands the actor the requests queued in a key lane together
 //! (distinct keys, [`reflex_runtime::Stage::process_batch`]): their claims go to Redis as one
-//! pipeline, each claimed request is executed in order, and their done records go as a second
-//! pipeline, so a request costs two shared round trips instead of two of its own. A key found
-//! busy takes the one-request path (polling) after the others; if the done pipeline fails, every
-//! claim of the batch is released and each request is retried alone (as one failed done
-//! record is).
+//! script call, each claimed request is executed in order, and their done records go as a
+//! second, so a request costs two shared round trips (and Lua calls) instead of two of its own.
+//! A key found busy takes the one-request path (polling) after the others; if the done call
+//! fails, every claim of the batch is released and each request is retried alone (as one failed
+//! done record is).
 //!
 //! The state lives in Redis by default; `actor.state_backend = "memory"` (or `"auto"` with no
 //! reachable Redis) keeps it in process for a single replica instead ([`state`]), with a warn
@@ -171,6 +172,54 @@ pub struct Actor {
     approvals_on: bool,
     /// `actor.policy_file`, validated at start-up.
     policies: Option<policy::Policies>,
+    /// Per action: its outcome counters and latency histogram, registered on first use (a
+    /// registry lookup with a label copy per outcome showed in the actor's profile).
+    action_metrics: HashMap<String, ActionMetrics>,
+    /// `ce_source` of outcome records, `reflex-actor/<worker>`.
+    outcome_source: Bytes,
+}
+
+/// One action's metric handles: `reflex_actions_total` by result and
+/// `reflex_action_latency_seconds`, each registered the first time it is needed (so the series
+/// exported stay those the actor registers at start-up and those that happened).
+#[derive(Default)]
+struct ActionMetrics {
+    outcomes: [std::sync::OnceLock<metrics::Counter>; RESULTS],
+    latency: std::sync::OnceLock<metrics::Histogram>,
+}
+
+/// How many [`ActionResult`]s there are (the size of [`ActionMetrics::outcomes`]).
+const RESULTS: usize = 11;
+
+/// The index of `result` in [`ActionMetrics::outcomes`].
+fn result_index(result: ActionResult) -> usize {
+    match result {
+        ActionResult::Succeeded => 0,
+        ActionResult::Failed => 1,
+        ActionResult::DuplicateSuppressed => 2,
+        ActionResult::DryRun => 3,
+        ActionResult::Held => 4,
+        ActionResult::Rejected => 5,
+        ActionResult::PendingApproval => 6,
+        ActionResult::Approved => 7,
+        ActionResult::Denied => 8,
+        ActionResult::Expired => 9,
+        ActionResult::DeniedByPolicy => 10,
+    }
+}
+
+impl ActionMetrics {
+    fn outcome(&self, action: &str, result: ActionResult) -> &metrics::Counter {
+        self.outcomes[result_index(result)].get_or_init(|| {
+            metrics::counter!(m::ACTIONS, "action" => action.to_string(), "result" => result.as_str())
+        })
+    }
+
+    fn latency(&self, action: &str) -> &metrics::Histogram {
+        self.latency.get_or_init(
+            || metrics::histogram!(m::ACTION_LATENCY_SECONDS, "action" => action.to_string()),
+        )
+    }
 }
 
 /// Kill-switch state, refreshed from Redis by a background task.
@@ -367,6 +416,11 @@ impl Actor {
             "actor ready"
         );
         Ok(Self {
+            action_metrics: actions
+                .iter()
+                .map(|a| (a.settings.name.clone(), ActionMetrics::default()))
+                .collect(),
+            outcome_source: Bytes::from(format!("reflex-actor/{worker}")),
             semaphores: actions
                 .iter()
                 .filter(|a| a.settings.max_concurrency > 0)
@@ -476,8 +530,12 @@ impl Actor {
         event: &Event,
         last: bool,
     ) -> Result<Output, StageError> {
-        metrics::counter!(m::ACTIONS, "action" => outcome.action.clone(), "result" => outcome.result.as_str())
-            .increment(1);
+        let handles = self.action_metrics.get(&outcome.action);
+        match handles {
+            Some(h) => h.outcome(&outcome.action, outcome.result).increment(1),
+            None => metrics::counter!(m::ACTIONS, "action" => outcome.action.clone(), "result" => outcome.result.as_str())
+                .increment(1),
+        }
         if last && outcome.result == ActionResult::Succeeded {
             if let Some(seconds) = event
                 .headers
@@ -488,8 +546,11 @@ impl Actor {
                         / 1000.0
                 })
             {
-                metrics::histogram!(m::ACTION_LATENCY_SECONDS, "action" => outcome.action.clone())
-                    .record(seconds.max(0.0));
+                match handles {
+                    Some(h) => h.latency(&outcome.action).record(seconds.max(0.0)),
+                    None => metrics::histogram!(m::ACTION_LATENCY_SECONDS, "action" => outcome.action.clone())
+                        .record(seconds.max(0.0)),
+                }
             }
         }
         let payload = self
@@ -507,7 +568,7 @@ impl Actor {
                 store::owner_token(&self.worker)
             ),
         );
-        headers.push(ce::SOURCE, format!("reflex-actor/{}", self.worker));
+        headers.push(ce::SOURCE, self.outcome_source.clone());
         headers.push(ce::TYPE, OUTCOME_TYPE);
         headers.push(ce::CAUSATION_ID, outcome.event_id.clone());
         headers.push(ce::CORRELATION_ID, outcome.correlation_id.clone());
@@ -665,9 +726,18 @@ impl Actor {
         };
         let started = (store::now_ms(), Instant::now());
         let name = &action.settings.name;
+        let dry_run = req.dry_run || action.settings.dry_run || self.settings.dry_run;
         // Render first: a request the templates cannot render, or whose values would change the
-        // call's structure (refused by the escaping), is a permanent error (dead letter).
-        let call = call::render(&action, &self.templates, &req).map_err(StageError::permanent)?;
+        // call's structure (refused by the escaping), is a permanent error (dead letter). A log
+        // action's only effect is its info line: its message is not rendered when the level
+        // filters that line out (dry runs show it).
+        let call = if matches!(action.kind, Kind::Log) && !dry_run && !log_action_enabled() {
+            Call::Log {
+                message: String::new(),
+            }
+        } else {
+            call::render(&action, &self.templates, &req).map_err(StageError::permanent)?
+        };
         if let Call::Http { url, .. } = &call {
             // Before anything else (dry runs included): a URL nobody approved is never sent.
             self.allowlist
@@ -679,7 +749,7 @@ impl Actor {
             return Ok(Plan::Finished(denied));
         }
 
-        if req.dry_run || action.settings.dry_run || self.settings.dry_run {
+        if dry_run {
             let what = match &call {
                 Call::Http {
                     method, url, body, ..
@@ -989,11 +1059,11 @@ impl Actor {
         }
 
         let mut outputs = Vec::new();
-        let url = match &c.call {
-            Call::Http { url, .. } => url.as_str(),
-            _ => "",
+        // Only calls have a breaker (parsing the target per request showed in the profile).
+        let breaker_key = match &c.call {
+            Call::Http { url, .. } => Self::breaker_key(req, url),
+            _ => String::new(),
         };
-        let breaker_key = Self::breaker_key(req, url);
         let cooldown = s.breaker_cooldown;
         for attempt in 1..=action.retry.max_attempts {
             // Guards, in order; the kill switch is checked again right before the effect.
@@ -1167,6 +1237,11 @@ struct Claimable {
     /// The rendered, checked call.
     call: Call,
     started: (i64, Instant),
+}
+
+/// Whether the log action's `info` line is emitted (the same target as that line).
+fn log_action_enabled() -> bool {
+    tracing::enabled!(tracing::Level::INFO)
 }
 
 /// A Redis request before the effect failed: Redis down or slow is retried, an answer about the

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::wire::{decode_frame, encode_frame};
+use crate::wire::{decode_frame, MAGIC_BYTE};
 
 pub const ACTION_REQUEST_SCHEMA: &str = include_str!("../../../avro/action_request.avsc");
 pub const ACTION_OUTCOME_SCHEMA: &str = include_str!("../../../avro/action_outcome.avsc");
@@ -155,10 +155,14 @@ impl<T: Serialize + DeserializeOwned> AvroCodec<T> {
 
     /// `value` as a Confluent-framed Avro datum.
     pub fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        // The frame header first, then the datum into the same buffer: one allocation, no
+        // copy of the datum (the enricher and the actor encode one record per event).
+        let mut out = Vec::with_capacity(256);
+        out.push(MAGIC_BYTE);
+        out.extend_from_slice(&self.schema_id.to_be_bytes());
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.schema);
-        let datum = serde_avro_fast::to_datum_vec(value, &mut config)
-            .map_err(|e| CodecError::Encode(e.to_string()))?;
-        Ok(encode_frame(self.schema_id, &datum))
+        serde_avro_fast::to_datum(value, out, &mut config)
+            .map_err(|e| CodecError::Encode(e.to_string()))
     }
 
     /// Decodes a framed value whose datum was written with `writer` (from the registry by id).

@@ -33,6 +33,7 @@ pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -40,7 +41,7 @@ use minijinja::Value;
 use reflex_core::actions::{idempotency_key, ActionRequest, AvroCodec, ACTION_REQUEST_SCHEMA};
 use reflex_core::headers::{ce, reflex as rh};
 use reflex_core::registry::{RegistryClient, RegistryError};
-use reflex_core::ErrorClass;
+use reflex_core::{ErrorClass, Headers};
 use reflex_runtime::{Event, Output, RegistrySettings, Stage, StageError, StageSettings};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
@@ -124,6 +125,10 @@ pub struct Enricher {
     registry: RegistryClient,
     codec: AvroCodec<ActionRequest>,
     output: OutputSettings,
+    /// `output.event_type` and `output.source` as header values (cloned per output without
+    /// copying).
+    output_type: Bytes,
+    output_source: Bytes,
 }
 
 impl Enricher {
@@ -141,6 +146,8 @@ impl Enricher {
             sources,
             registry,
             codec,
+            output_type: Bytes::from(output.event_type.clone()),
+            output_source: Bytes::from(output.source.clone()),
             output,
         }
     }
@@ -236,7 +243,7 @@ impl Enricher {
     async fn prepare<'e>(&self, event: &'e Event) -> Result<Option<Prepared<'e, '_>>, StageError> {
         event.require_cloudevent()?;
         let (framed, schema) = event.framed_value(&self.registry).await?;
-        let payload = decode_payload(framed.datum, &schema.fast).map_err(|e| {
+        let payload = decode_payload_value(framed.datum, &schema.fast).map_err(|e| {
             StageError::new(
                 ErrorClass::Poison,
                 format!("value does not decode with its schema id {}: {e} (corrupt bytes, or written with another schema)", framed.schema_id),
@@ -253,7 +260,8 @@ impl Enricher {
         if selected.is_empty() {
             return Ok(None);
         }
-        let root = base_context(event, &payload);
+        let root = EventContext::of(event, payload);
+        let root_value = Value::from_object(root.clone());
         let templates = &self.spec.templates;
         let keys = self
             .spec
@@ -261,7 +269,7 @@ impl Enricher {
             .iter()
             .map(|l| {
                 templates
-                    .render(&l.key_template, &root)
+                    .render(&l.key_template, &root_value)
                     .map_err(|e| StageError::permanent(format!("lookup `{}`: {e}", l.name)))
             })
             .collect();
@@ -299,19 +307,23 @@ impl Enricher {
         prepared: &Prepared<'_, '_>,
         answers: &[Answers],
     ) -> Result<LookupContext, StageError> {
-        let mut context = Map::new();
+        let mut context = Vec::with_capacity(self.spec.lookups.len());
         let mut flat = BTreeMap::new();
         for ((l, key), answers) in self.spec.lookups.iter().zip(&prepared.keys).zip(answers) {
             let key = key.as_ref().map_err(Clone::clone)?;
-            let row = answers.get(key).cloned().unwrap_or_else(|| {
-                Err(StageError::transient(format!(
-                    "lookup `{}`: no answer for `{key}`",
-                    l.name
-                )))
-            })?;
+            let row = match answers.get(key) {
+                Some(Ok(row)) => row,
+                Some(Err(e)) => return Err(e.clone()),
+                None => {
+                    return Err(StageError::transient(format!(
+                        "lookup `{}`: no answer for `{key}`",
+                        l.name
+                    )))
+                }
+            };
             let row = match (row, &l.on_missing) {
                 (Some(row), _) => row,
-                (None, OnMissing::Default(default)) => default.clone(),
+                (None, OnMissing::Default(default)) => default,
                 (None, OnMissing::Skip) => continue,
                 (None, OnMissing::Fail) => {
                     return Err(StageError::permanent(format!(
@@ -321,20 +333,21 @@ impl Enricher {
                     )))
                 }
             };
-            for (field, value) in &row {
+            for (field, value) in row {
                 flat.insert(format!("{}.{field}", l.name), value.clone());
             }
-            context.insert(
-                l.name.clone(),
-                Json::Object(row.into_iter().map(|(k, v)| (k, Json::String(v))).collect()),
-            );
+            // Template values straight from the row (no `serde_json` tree to convert again).
+            context.push((
+                l.name.as_str(),
+                Value::from_pairs(row.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            ));
         }
-        Ok((context, flat))
+        Ok((Value::from_pairs(context), flat))
     }
 }
 
 /// One event's lookup results: the `context` template map and its flattened form.
-type LookupContext = (Map<String, Json>, BTreeMap<String, String>);
+type LookupContext = (Value, BTreeMap<String, String>);
 
 /// The answers of one lookup for a batch, by key.
 type Answers = HashMap<String, Result<Row, StageError>>;
@@ -343,7 +356,7 @@ type Answers = HashMap<String, Result<Row, StageError>>;
 struct Prepared<'e, 's> {
     event: &'e Event,
     /// The template context so far (`ce`, `payload`, `key`, `topic`, `headers`).
-    root: Value,
+    root: EventContext,
     selected: Vec<&'s Binding>,
     /// Per lookup (configuration order), its rendered key.
     keys: Vec<Result<String, StageError>>,
@@ -410,14 +423,8 @@ impl Enricher {
             .unwrap_or_default()
             .to_string();
         let rule = event.headers.get_str(rh::RULE).map(str::to_string);
-        // Layered over the base context, not copied into it.
-        let root = minijinja::value::merge_maps([
-            Value::from_object(BTreeMap::from([(
-                "context",
-                Value::from(minijinja::value::Serde(Json::Object(context))),
-            )])),
-            root,
-        ]);
+        // The base context with `context` added: its values are shared, not copied.
+        let root = Value::from_object(root.with_context(context));
 
         let correlation_id = event
             .headers
@@ -468,13 +475,30 @@ impl Enricher {
                 .codec
                 .encode(&request)
                 .map_err(|e| StageError::permanent(format!("binding `{}`: {e}", binding.action)))?;
-            let mut headers = event.headers.clone();
-            headers.set(ce::ID, key);
-            headers.set(ce::TYPE, self.output.event_type.clone());
-            headers.set(ce::SOURCE, self.output.source.clone());
-            headers.set(ce::CAUSATION_ID, ce_id.clone());
-            headers.set(ce::CORRELATION_ID, correlation_id.clone());
-            headers.set(ce::CONTENT_TYPE, ce::AVRO_CONTENT_TYPE);
+            // The input's headers minus the ones replaced, then those (as `set` for each would
+            // do, in one pass).
+            const REPLACED: [&str; 6] = [
+                ce::ID,
+                ce::TYPE,
+                ce::SOURCE,
+                ce::CAUSATION_ID,
+                ce::CORRELATION_ID,
+                ce::CONTENT_TYPE,
+            ];
+            let mut headers = Headers::with_capacity(event.headers.len() + REPLACED.len());
+            headers.0.extend(
+                event
+                    .headers
+                    .iter()
+                    .filter(|h| !REPLACED.contains(&h.key.as_str()))
+                    .cloned(),
+            );
+            headers.push(ce::ID, key);
+            headers.push(ce::TYPE, self.output_type.clone());
+            headers.push(ce::SOURCE, self.output_source.clone());
+            headers.push(ce::CAUSATION_ID, ce_id.clone());
+            headers.push(ce::CORRELATION_ID, correlation_id.clone());
+            headers.push(ce::CONTENT_TYPE, ce::AVRO_CONTENT_TYPE);
             outputs.push(Output {
                 topic: self.output.topic.clone(),
                 partition: None,
@@ -484,6 +508,87 @@ impl Enricher {
             });
         }
         Ok(outputs)
+    }
+}
+
+/// Decodes an Avro datum straight into a template value, shaped as [`decode_payload`]'s JSON
+/// (records and maps become maps, unions their branch's value or none, enums their symbol, bytes
+/// and fixed lists of numbers): one conversion per event instead of a JSON tree converted again.
+pub fn decode_payload_value(
+    datum: &[u8],
+    schema: &serde_avro_fast::Schema,
+) -> Result<Value, String> {
+    serde_avro_fast::from_datum_slice::<TemplateValue>(datum, schema)
+        .map(|v| v.0)
+        .map_err(|e| e.to_string())
+}
+
+/// A template value deserialized from Avro (see [`decode_payload_value`]).
+struct TemplateValue(Value);
+
+impl<'de> serde::Deserialize<'de> for TemplateValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TemplateVisitor)
+    }
+}
+
+struct TemplateVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TemplateVisitor {
+    type Value = TemplateValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an Avro value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(v)))
+    }
+    fn visit_string<E>(self, v: String) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(v)))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(v.iter().map(|b| Value::from(*b)).collect()))
+    }
+    fn visit_unit<E>(self) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(())))
+    }
+    fn visit_none<E>(self) -> Result<TemplateValue, E> {
+        Ok(TemplateValue(Value::from(())))
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<TemplateValue, D::Error> {
+        d.deserialize_any(TemplateVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<TemplateValue, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(TemplateValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(TemplateValue(Value::from(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<TemplateValue, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some((k, TemplateValue(v))) = map.next_entry::<String, TemplateValue>()? {
+            entries.push((Value::from(k), v));
+        }
+        Ok(TemplateValue(Value::from_pairs(entries)))
     }
 }
 
@@ -560,36 +665,113 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
     }
 }
 
-/// `{ce, payload, key, topic, headers}` of an event.
-fn base_context(event: &Event, payload: &Json) -> Value {
-    // Built as template values directly: going through a `serde_json` tree meant copying the
-    // whole context into template values again at every render (the enricher's profile).
-    let ce: BTreeMap<String, Value> = event
-        .headers
-        .ce_attributes()
-        .map(|(k, v)| (k.to_string(), Value::from(v)))
-        .collect();
-    let headers: BTreeMap<String, Value> = event
-        .headers
-        .iter()
-        .filter_map(|h| {
-            let v = std::str::from_utf8(h.value.as_deref()?).ok()?;
-            Some((h.key.to_string(), Value::from(v)))
+/// `{ce, payload, key, topic, headers}` of an event, and `context` once the lookups answered:
+/// the templates' root. `ce` and `headers` are views over the event's headers, so a value is
+/// converted only when a template reads it (building maps of every header per event showed in
+/// the enricher's profile).
+#[derive(Debug, Clone)]
+struct EventContext {
+    headers: Arc<Headers>,
+    payload: Value,
+    key: Value,
+    topic: Value,
+    context: Option<Value>,
+}
+
+impl EventContext {
+    fn of(event: &Event, payload: Value) -> Self {
+        Self {
+            headers: Arc::new(event.headers.clone()),
+            payload,
+            key: event
+                .key
+                .as_ref()
+                .map(|k| Value::from(String::from_utf8_lossy(k).into_owned()))
+                .unwrap_or(Value::from(())),
+            topic: Value::from(event.topic.as_str()),
+            context: None,
+        }
+    }
+
+    fn with_context(mut self, context: Value) -> Self {
+        self.context = Some(context);
+        self
+    }
+}
+
+impl minijinja::value::Object for EventContext {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(match key.as_str()? {
+            "ce" => Value::from_object(HeaderView {
+                headers: self.headers.clone(),
+                prefix: "ce_",
+            }),
+            "payload" => self.payload.clone(),
+            "key" => self.key.clone(),
+            "topic" => self.topic.clone(),
+            "headers" => Value::from_object(HeaderView {
+                headers: self.headers.clone(),
+                prefix: "",
+            }),
+            "context" => self.context.clone()?,
+            _ => return None,
         })
-        .collect();
-    let key = event
-        .key
-        .as_ref()
-        .map(|k| Value::from(String::from_utf8_lossy(k).into_owned()))
-        .unwrap_or(Value::from(()));
-    let root: BTreeMap<&'static str, Value> = BTreeMap::from([
-        ("ce", Value::from_object(ce)),
-        ("payload", Value::from(minijinja::value::Serde(payload))),
-        ("key", key),
-        ("topic", Value::from(event.topic.as_str())),
-        ("headers", Value::from_object(headers)),
-    ]);
-    Value::from_object(root)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        let mut keys = vec!["ce", "payload", "key", "topic", "headers"];
+        if self.context.is_some() {
+            keys.push("context");
+        }
+        keys.sort_unstable();
+        minijinja::value::Enumerator::Values(keys.into_iter().map(Value::from).collect())
+    }
+}
+
+/// The headers whose names start with `prefix`, by name without it, as a template map: the last
+/// UTF-8 value of a name wins, headers with a null or non-UTF-8 value are left out (what a map
+/// built from every header held before).
+#[derive(Debug)]
+struct HeaderView {
+    headers: Arc<Headers>,
+    prefix: &'static str,
+}
+
+impl HeaderView {
+    fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().filter_map(|h| {
+            let name = h.key.strip_prefix(self.prefix)?;
+            let value = std::str::from_utf8(h.value.as_deref()?).ok()?;
+            Some((name, value))
+        })
+    }
+}
+
+impl minijinja::value::Object for HeaderView {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        let mut found = None;
+        for (name, value) in self.entries() {
+            if name == key {
+                found = Some(value);
+            }
+        }
+        found.map(Value::from)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        let names: std::collections::BTreeSet<&str> =
+            self.entries().map(|(name, _)| name).collect();
+        minijinja::value::Enumerator::Values(names.into_iter().map(Value::from).collect())
+    }
 }
 
 /// The enricher's part of the shared `main`: its config (loaded, checked, Kafka secrets

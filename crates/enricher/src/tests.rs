@@ -438,6 +438,100 @@ fn avro_unions_enums_maps_and_bytes_decode_to_json() {
     assert_eq!(decoded["list"], serde_json::json!([1, 2]));
     assert_eq!(decoded["raw"], serde_json::json!([1, 2]));
     assert_eq!(decoded["nested"]["x"], 1.5);
+    // The template values the enricher decodes into have the same shape.
+    let value = decode_payload_value(&datum, &schema).unwrap();
+    assert_eq!(serde_json::to_value(&value).unwrap(), decoded);
+}
+
+/// The template root reads headers lazily, as the maps of every header it replaced did: the
+/// last UTF-8 value of a name wins, null and non-UTF-8 values are left out, names iterate in
+/// order, a missing name is an error (strict templates).
+#[test]
+fn ce_and_headers_read_like_maps_of_the_headers() {
+    let mut input = event("shop", "evt-1");
+    input.headers.push("dup", "first".to_owned());
+    input.headers.push("dup", "second".to_owned());
+    input.headers.push("bin", "ok".to_owned());
+    input.headers.push("bin", vec![0xff, 0xfe]);
+    input.headers.0.push(reflex_core::headers::Header {
+        key: "nothing".into(),
+        value: None,
+    });
+    let payload = Value::from_pairs([("pod", "api-1")]);
+    let root = Value::from_object(EventContext::of(&input, payload).with_context(
+        Value::from_pairs([("owner", Value::from_pairs([("team", "a")]))]),
+    ));
+    // The maps the views replaced, built as before (every header copied per event).
+    let maps = {
+        let ce: BTreeMap<String, Value> = input
+            .headers
+            .ce_attributes()
+            .map(|(k, v)| (k.to_string(), Value::from(v)))
+            .collect();
+        let headers: BTreeMap<String, Value> = input
+            .headers
+            .iter()
+            .filter_map(|h| {
+                let v = std::str::from_utf8(h.value.as_deref()?).ok()?;
+                Some((h.key.to_string(), Value::from(v)))
+            })
+            .collect();
+        Value::from_object(BTreeMap::from([
+            ("ce", Value::from_object(ce)),
+            ("headers", Value::from_object(headers)),
+            ("key", Value::from("api-1")),
+            ("topic", Value::from("routed")),
+            ("payload", Value::from_pairs([("pod", "api-1")])),
+            (
+                "context",
+                Value::from_pairs([("owner", Value::from_pairs([("team", "a")]))]),
+            ),
+        ]))
+    };
+    let mut t = reflex_core::template::Templates::default();
+    let render = |t: &mut reflex_core::template::Templates, source: &str| {
+        t.add("t", source).unwrap();
+        let got = t.render("t", &root);
+        assert_eq!(got, t.render("t", &maps), "{source}");
+        got
+    };
+    assert_eq!(
+        render(&mut t, "{{ ce.type }}|{{ ce.id }}|{{ headers['reflex-rule'] }}|{{ key }}|{{ topic }}|{{ payload.pod }}|{{ context.owner.team }}").unwrap(),
+        "io.k8s.pod.crashloop|evt-1|crashloop|api-1|routed|api-1|a"
+    );
+    assert_eq!(
+        render(&mut t, "{{ headers.dup }}|{{ headers.bin }}").unwrap(),
+        "second|ok"
+    );
+    assert_eq!(
+        render(&mut t, "{% for k in ce %}{{ k }},{% endfor %}").unwrap(),
+        "correlationid,id,source,specversion,type,"
+    );
+    assert_eq!(
+        render(
+            &mut t,
+            "{{ ce | length }} {{ 'nothing' in headers }} {{ 'dup' in headers }}"
+        )
+        .unwrap(),
+        "5 False True"
+    );
+    assert_eq!(
+        render(
+            &mut t,
+            "{% for k, v in headers | items %}{{ k }}={{ v }};{% endfor %}"
+        )
+        .unwrap(),
+        render(
+            &mut t,
+            "{% for k in headers %}{{ k }}={{ headers[k] }};{% endfor %}"
+        )
+        .unwrap()
+    );
+    assert!(render(&mut t, "{{ ce.nope }}").is_err(), "strict");
+    assert!(
+        render(&mut t, "{{ headers.nothing }}").is_err(),
+        "null values are left out"
+    );
 }
 
 const R_SCHEMA: &str = r#"{"type":"record","name":"R","fields":[
