@@ -266,11 +266,12 @@ pub struct ActionSettings {
         deserialize_with = "reflex_runtime::duration::deserialize"
     )]
     pub breaker_cooldown: Duration,
-    /// Blast-radius cap: at most this many executions per window, fleet-wide; the rest are
-    /// held (outcome `HELD`, record on `actor.held_topic`). 0 disables it.
+    /// Blast-radius cap: at most this many executions in any `blast_radius_window` (a sliding
+    /// window), fleet-wide; the rest are held (outcome `HELD`, record on `actor.held_topic`).
+    /// A retry of an admitted request is not counted again. 0 disables it.
     #[serde(default)]
     pub blast_radius_max: u64,
-    /// Window of the blast-radius cap.
+    /// Window of the blast-radius cap; it slides, so no two boundaries let `2 ×` the cap through.
     #[serde(
         default = "default_blast_radius_window",
         deserialize_with = "reflex_runtime::duration::deserialize"

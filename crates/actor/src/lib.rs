@@ -60,8 +60,8 @@
 //!   action starts and the events wait (`reflex_kill_switch_on`);
 //! - dry-run / shadow mode (`actor.dry_run`, the action's `dry_run` or the request's): outcome
 //!   `DRY_RUN`, the would-be call logged, no effect, no claim;
-//! - a blast-radius cap (`blast_radius_max` per `blast_radius_window`, counted in Redis):
-//!   above it the request is held (outcome `HELD`, the original record on
+//! - a blast-radius cap (`blast_radius_max` in any `blast_radius_window`: a sliding window,
+//!   counted in Redis, a retry of an admitted request once): above it the request is held (outcome `HELD`, the original record on
 //!   `actor.held_topic`, a warn log line, `reflex_blast_radius_held_total`), not executed.
 //!
 //! **Per-target locks** ([`lock`]): an action's `lock` template names a Redis lease that no two
@@ -1028,7 +1028,7 @@ impl Actor {
         if s.blast_radius_max > 0 {
             let count = self
                 .store
-                .blast_count(name, s.blast_radius_window)
+                .blast_count(name, key, s.blast_radius_max, s.blast_radius_window)
                 .await
                 .map_err(|e| redis_failed("blast-radius counter", &e))?;
             if count > s.blast_radius_max {

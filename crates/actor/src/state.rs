@@ -14,7 +14,7 @@
 //! restart forgets every done record. Start-up says so in a warn line. The kill switch can
 //! only be turned on from config (`actor.kill_switch`); there are no keys to set at run time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -193,10 +193,16 @@ impl StateBackend {
         }
     }
 
-    pub async fn blast_count(&self, action: &str, window: Duration) -> Result<u64, RedisError> {
+    pub async fn blast_count(
+        &self,
+        action: &str,
+        request: &str,
+        cap: u64,
+        window: Duration,
+    ) -> Result<u64, RedisError> {
         match self {
-            Self::Redis(s) => s.blast_count(action, window).await,
-            Self::Memory(m) => Ok(m.blast_count(action, window)),
+            Self::Redis(s) => s.blast_count(action, request, cap, window).await,
+            Self::Memory(m) => Ok(m.blast_count(action, request, cap, window)),
         }
     }
 
@@ -227,8 +233,8 @@ struct Tables {
     done: HashMap<String, (String, Instant)>,
     /// Action → GCRA theoretical arrival time.
     rate: HashMap<String, Instant>,
-    /// (action, window index) → executions counted in that window.
-    blast: HashMap<(String, u64), u64>,
+    /// Action → admitted executions (ms, request) over the blast-radius window, oldest first.
+    blast: HashMap<String, VecDeque<(i64, String)>>,
     /// Operations since the last sweep of expired entries.
     since_sweep: usize,
 }
@@ -326,16 +332,24 @@ impl MemoryStore {
         (!wait.is_zero()).then_some(wait)
     }
 
-    /// Counts an execution in the current window (windows aligned to the epoch, as in Redis).
-    pub fn blast_count(&self, action: &str, window: Duration) -> u64 {
-        let window_ms = window.as_millis().max(1) as u64;
-        let index = now_ms() as u64 / window_ms;
+    /// The blast-radius cap over a sliding window, as in Redis: the count this attempt makes
+    /// (above `cap`: held, not added); a request already admitted counts once.
+    pub fn blast_count(&self, action: &str, request: &str, cap: u64, window: Duration) -> u64 {
+        let now = now_ms();
+        let since = now - window.as_millis().max(1) as i64;
         let mut t = self.tables();
-        // Older windows are never read again.
-        t.blast.retain(|(_, i), _| *i + 1 >= index);
-        let n = t.blast.entry((action.to_string(), index)).or_default();
-        *n += 1;
-        *n
+        let admitted = t.blast.entry(action.to_string()).or_default();
+        while admitted.front().is_some_and(|(at, _)| *at <= since) {
+            admitted.pop_front();
+        }
+        if admitted.iter().any(|(_, r)| r == request) {
+            return admitted.len() as u64;
+        }
+        let n = admitted.len() as u64;
+        if n < cap {
+            admitted.push_back((now, request.to_string()));
+        }
+        n + 1
     }
 }
 
@@ -388,10 +402,18 @@ mod tests {
         assert!(later > wait, "{later:?} after {wait:?}");
         assert_eq!(m.rate_slot("b", 20.0, 1), None, "actions are paced apart");
 
-        let window = Duration::from_secs(600);
-        assert_eq!(m.blast_count("a", window), 1);
-        assert_eq!(m.blast_count("a", window), 2);
-        assert_eq!(m.blast_count("b", window), 1);
+        let window = Duration::from_millis(300);
+        assert_eq!(m.blast_count("a", "r1", 2, window), 1);
+        assert_eq!(m.blast_count("a", "r2", 2, window), 2);
+        assert_eq!(m.blast_count("a", "r3", 2, window), 3, "held, not counted");
+        assert_eq!(
+            m.blast_count("a", "r1", 2, window),
+            2,
+            "a retry counts once"
+        );
+        assert_eq!(m.blast_count("b", "r3", 2, window), 1);
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(m.blast_count("a", "r3", 2, window), 1, "the window slid");
     }
 
     #[test]

@@ -89,10 +89,22 @@ return 0
 ";
 
 /// Counts one execution in the current window; returns the count.
+/// The blast-radius cap over a sliding window: KEYS[1] a sorted set of admitted executions
+/// (member: the request's idempotency key, score: Redis's clock in ms), ARGV the window (ms),
+/// the cap and the member. Returns the count this attempt makes: above the cap it is held and
+/// not added. A request already admitted within the window (a retry) counts once.
 const BLAST: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return redis.call('ZCARD', KEYS[1]) end
+local n = redis.call('ZCARD', KEYS[1])
+if n < cap then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+return n + 1
 ";
 
 // Each script hashed once: `Script::new` computes the SHA1 that `EVALSHA` sends, and per call
@@ -274,13 +286,21 @@ impl Store {
         Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }
 
-    /// Counts an execution of `action` in the current blast-radius window; returns the count.
-    pub async fn blast_count(&self, action: &str, window: Duration) -> Result<u64, RedisError> {
-        let window_ms = window.as_millis().max(1) as u64;
-        let index = now_ms() as u64 / window_ms;
+    /// Counts request `request` as an execution of `action` over the last `window`, unless
+    /// `cap` executions are already there; returns the count this attempt makes (above `cap`:
+    /// hold it). The window slides: at most `cap` in any `window`, wherever it starts.
+    pub async fn blast_count(
+        &self,
+        action: &str,
+        request: &str,
+        cap: u64,
+        window: Duration,
+    ) -> Result<u64, RedisError> {
         let n: u64 = BLAST_SCRIPT
-            .key(self.key("blast", &format!("{action}:{index}")))
-            .arg(window_ms * 2)
+            .key(self.key("blast", action))
+            .arg(window.as_millis().max(1) as u64)
+            .arg(cap)
+            .arg(request)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n)
@@ -455,9 +475,16 @@ mod tests {
         assert_eq!(s.rate_slot("a", 20.0, 2).await.unwrap(), None);
         let wait = s.rate_slot("a", 20.0, 2).await.unwrap().expect("must wait");
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        let window = Duration::from_secs(60);
-        assert_eq!(s.blast_count("a", window).await.unwrap(), 1);
-        assert_eq!(s.blast_count("a", window).await.unwrap(), 2);
+        // Cap 2 over a sliding 400 ms: the third request is held and not counted, a retry of
+        // an admitted one counts once, and a slot frees when its execution leaves the window.
+        let window = Duration::from_millis(400);
+        assert_eq!(s.blast_count("a", "r1", 2, window).await.unwrap(), 1);
+        assert_eq!(s.blast_count("a", "r2", 2, window).await.unwrap(), 2);
+        assert_eq!(s.blast_count("a", "r3", 2, window).await.unwrap(), 3);
+        assert_eq!(s.blast_count("a", "r1", 2, window).await.unwrap(), 2);
+        assert_eq!(s.blast_count("b", "r3", 2, window).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(s.blast_count("a", "r3", 2, window).await.unwrap(), 1);
         assert_eq!(
             s.kill_switches(&["a".into()]).await.unwrap(),
             vec![None, None]
